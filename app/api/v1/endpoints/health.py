@@ -1,0 +1,53 @@
+"""Liveness and readiness probes (seed 002's probe format, outside the envelope)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.api.deps import DatabaseDep, SettingsDep
+from app.core.exceptions import ERROR_RESPONSE, ServiceUnavailableError
+from app.services.health import check_readiness
+
+router = APIRouter(tags=["health"])
+
+
+class HealthOut(BaseModel):
+    """Liveness answer."""
+
+    status: Literal["healthy"] = "healthy"
+    service: str
+    version: str
+
+
+class ReadyOut(BaseModel):
+    """Readiness answer: every component answered."""
+
+    status: Literal["ready"] = "ready"
+    components: dict[str, str]
+
+
+@router.get("/health", summary="Liveness probe")
+async def health(settings: SettingsDep) -> HealthOut:
+    """Answer 200 while the process runs; touches no dependency."""
+    return HealthOut(service=settings.PROJECT_NAME, version=settings.VERSION)
+
+
+@router.get(
+    "/ready",
+    summary="Readiness probe",
+    responses={503: {**ERROR_RESPONSE, "description": "A dependency is down"}},
+)
+async def ready(settings: SettingsDep, database: DatabaseDep) -> ReadyOut:
+    """Answer 200 when the database (and Redis, if configured) answer in time."""
+    statuses = await check_readiness(
+        database.engine, settings.REDIS_URL, settings.READY_TIMEOUT_SECONDS
+    )
+    if all(status.ok for status in statuses):
+        return ReadyOut(components={status.name: "ok" for status in statuses})
+    details: list[dict[str, Any]] = [
+        {"field": status.name, "message": status.detail} for status in statuses
+    ]
+    raise ServiceUnavailableError("Not ready", details=details)

@@ -1,0 +1,165 @@
+"""Command line: `python -m app serve | migrate | create-superuser | openapi`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import orjson
+import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from app.core.config import Settings, get_settings
+from app.core.exceptions import AppError
+from app.core.logging import configure_logging
+from app.core.security import PasswordHasher
+from app.database import Database, safe_url, upgrade_to_head
+from app.schemas.user import SuperuserCreate
+from app.services import accounts
+
+cli = typer.Typer(
+    help="Operate the FastAPI backend service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "settings"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Load settings, turning a bad configuration into a clear exit-2 message."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        _fail(f"invalid configuration: {_describe_validation(exc)}", code=2)
+
+
+def _database_unreachable(settings: Settings, exc: BaseException) -> NoReturn:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    _fail(f"cannot use the database at {safe_url(settings.DATABASE_URL)}: {reason}")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    reload: Annotated[
+        bool, typer.Option(help="Restart on code changes (dev).")
+    ] = False,
+) -> None:
+    """Run the HTTP server (uvicorn, uvloop + httptools when installed)."""
+    import uvicorn
+
+    settings = load_settings()
+    if reload and workers > 1:
+        _fail("--reload and --workers > 1 cannot be combined", code=2)
+    configure_logging(settings.LOG_LEVEL)
+    base = f"http://{host}:{port}"
+    typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
+    typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        reload=reload,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest migration."""
+    settings = load_settings()
+    try:
+        upgrade_to_head(settings.DATABASE_URL)
+    except (DBAPIError, OSError) as exc:
+        _database_unreachable(settings, exc)
+    typer.echo(f"Database at {safe_url(settings.DATABASE_URL)} is up to date.")
+
+
+def _read_password() -> str:
+    password: str = typer.prompt(
+        "Password", hide_input=True, confirmation_prompt="Repeat password"
+    )
+    return password
+
+
+async def _create_superuser(settings: Settings, data: SuperuserCreate) -> int:
+    database = Database(settings)
+    try:
+        async with database.sessionmaker() as session:
+            user = await accounts.create_superuser(
+                session,
+                PasswordHasher(settings),
+                email=data.email,
+                username=data.username,
+                password=data.password,
+            )
+            return user.id
+    finally:
+        await database.dispose()
+
+
+@cli.command("create-superuser")
+def create_superuser(
+    email: Annotated[str | None, typer.Option(help="Email address.")] = None,
+    username: Annotated[str | None, typer.Option(help="Username.")] = None,
+    password: Annotated[
+        str | None, typer.Option(help="Password; prompted (hidden) when omitted.")
+    ] = None,
+) -> None:
+    """Create an admin account (prompts for whatever is missing)."""
+    settings = load_settings()
+    email = email or typer.prompt("Email")
+    username = username or typer.prompt("Username")
+    password = password or _read_password()
+    try:
+        data = SuperuserCreate(email=email, username=username, password=password)
+    except ValidationError as exc:
+        _fail(_describe_validation(exc), code=2)
+    try:
+        user_id = asyncio.run(_create_superuser(settings, data))
+    except AppError as exc:
+        _fail(exc.detail_message)
+    except (DBAPIError, OSError) as exc:
+        _database_unreachable(settings, exc)
+    typer.echo(f"Created admin {data.username} <{data.email}> with id {user_id}.")
+
+
+@cli.command()
+def openapi(
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print (or write) the OpenAPI document."""
+    from app.main import create_app
+
+    document = create_app(load_settings()).openapi()
+    text = orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+    if output is None:
+        sys.stdout.write(text + "\n")
+        return
+    output.write_text(text + "\n", encoding="utf-8")
+    typer.echo(f"Wrote {output}")

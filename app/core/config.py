@@ -1,0 +1,132 @@
+"""Application settings, read once from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Secrets that ship in docs, examples or earlier defaults. Production refuses them.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "secret",
+        "your-secret-key",
+        "super-secret-key-123",
+        "dev-insecure-secret-key-change-me-0123456789",
+    }
+)
+# Development-only default; production refuses it (see _strong_secret_in_production).
+DEV_SECRET_KEY = "dev-insecure-secret-key-change-me-0123456789"  # noqa: S105
+MIN_SECRET_BYTES = 32
+
+Environment = Literal["development", "test", "production"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `.env.example` lists them with their defaults."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    ENVIRONMENT: Environment = "development"
+    PROJECT_NAME: str = "fastapi-backend"
+    VERSION: str = "0.1.0"
+    API_V1_STR: str = "/api/v1"
+    LOG_LEVEL: str = "INFO"
+
+    SECRET_KEY: SecretStr = SecretStr(DEV_SECRET_KEY)
+    JWT_ALGORITHM: Literal["HS256", "HS384", "HS512"] = "HS256"
+    JWT_ISSUER: str = "fastapi-backend"
+    JWT_AUDIENCE: str = "fastapi-backend-api"
+    ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1, le=1440)
+
+    PASSWORD_ARGON2_TIME_COST: int = Field(default=2, ge=1)
+    PASSWORD_ARGON2_MEMORY_KIB: int = Field(default=19456, ge=1024)
+    PASSWORD_ARGON2_PARALLELISM: int = Field(default=1, ge=1)
+    PASSWORD_HASH_THREADS: int = Field(default=4, ge=1)
+
+    DATABASE_URL: str = "sqlite+aiosqlite:///./data/app.db"
+    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_MAX_OVERFLOW: int = Field(default=20, ge=0)
+    DB_POOL_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    DB_POOL_RECYCLE_SECONDS: int = Field(default=3600, ge=-1)
+    DB_POOL_PRE_PING: bool = True
+    DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: int = Field(default=300_000, ge=0)
+    DB_ECHO: bool = False
+    SQLITE_BUSY_TIMEOUT_MS: int = Field(default=5000, ge=0)
+
+    REDIS_URL: str | None = None
+
+    BACKEND_CORS_ORIGINS: Annotated[list[str], NoDecode] = []
+    MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    READY_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
+
+    @field_validator("BACKEND_CORS_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept a comma-separated string as well as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("BACKEND_CORS_ORIGINS")
+    @classmethod
+    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
+        """Refuse `*`: the API sends credentials, and `*` with credentials is unsafe."""
+        if "*" in value:
+            raise ValueError("'*' is not allowed; list the exact origins")
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        """Only the two async drivers the service is tested with are accepted."""
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _strong_secret_in_production(self) -> Settings:
+        """Production must never run on a guessable signing key."""
+        if self.ENVIRONMENT == "production":
+            secret = self.SECRET_KEY.get_secret_value()
+            if secret.strip().lower() in KNOWN_DEFAULT_SECRETS:
+                raise ValueError(
+                    "SECRET_KEY is missing or a known default; set a random value "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                )
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes in production"
+                )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is the embedded SQLite file."""
+        return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None for PostgreSQL and in-memory databases."""
+        if not self.is_sqlite:
+            return None
+        path = self.DATABASE_URL.split("///", 1)[1].split("?", 1)[0]
+        if not path or path == ":memory:":
+            return None
+        return Path(path)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, loaded on first use."""
+    return Settings()

@@ -1,0 +1,206 @@
+"""The `AppError` hierarchy and the handlers that render every error as the envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.logging import request_id_var
+from app.core.responses import FastJSONResponse
+from app.schemas.envelope import ErrorEnvelope
+
+logger = logging.getLogger("app.errors")
+
+# Codes for errors Starlette raises itself (unknown route, wrong method, ...).
+HTTP_STATUS_CODES: dict[int, str] = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    412: "PRECONDITION_FAILED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class AppError(Exception):
+    """Base of every domain error: a status code, a stable code and a message."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "BAD_REQUEST"
+    message: ClassVar[str] = "The request could not be processed"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: Sequence[Mapping[str, Any]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.detail_message = message or self.message
+        self.details = [dict(item) for item in details]
+        self.headers = dict(headers or {})
+        super().__init__(self.detail_message)
+
+
+class NotFoundError(AppError):
+    """The resource does not exist (or the caller may not know it does)."""
+
+    status_code = 404
+    code = "NOT_FOUND"
+    message = "Resource not found"
+
+
+class ConflictError(AppError):
+    """The change contradicts data already stored."""
+
+    status_code = 409
+    code = "CONFLICT"
+    message = "The resource conflicts with existing data"
+
+
+class EmailAlreadyRegisteredError(ConflictError):
+    """Another account already uses this email address."""
+
+    code = "EMAIL_ALREADY_REGISTERED"
+    message = "An account with this email address already exists"
+
+
+class UsernameTakenError(ConflictError):
+    """Another account already uses this username."""
+
+    code = "USERNAME_TAKEN"
+    message = "This username is already taken"
+
+
+class UnauthorizedError(AppError):
+    """No valid credentials: the client must authenticate (RFC 6750)."""
+
+    status_code = 401
+    code = "UNAUTHORIZED"
+    message = "Not authenticated"
+
+
+class ForbiddenError(AppError):
+    """Authenticated, but not allowed to do this."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+    message = "Not enough permissions"
+
+
+class ServiceUnavailableError(AppError):
+    """A dependency the request needs is down."""
+
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+    message = "The service is temporarily unavailable"
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: Sequence[Mapping[str, Any]] = (),
+    headers: Mapping[str, str] | None = None,
+) -> FastJSONResponse:
+    """Build the error envelope response.
+
+    Args:
+        status_code: HTTP status.
+        code: Stable machine-readable error code.
+        message: Human-readable summary.
+        details: Per-field problems.
+        headers: Extra response headers (e.g. `WWW-Authenticate`).
+
+    Returns:
+        The JSON response.
+    """
+    body = {
+        "status": "error",
+        "error": {
+            "code": code,
+            "message": message,
+            "details": list(details),
+            "request_id": request_id_var.get(),
+        },
+    }
+    return FastJSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _field_path(location: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, str]]:
+    details = []
+    for error in exc.errors():
+        message = str(error.get("msg", "Invalid value"))
+        details.append({"field": _field_path(error.get("loc", ())), "message": message})
+    return details
+
+
+async def handle_app_error(request: Request, exc: Exception) -> FastJSONResponse:
+    """Render an `AppError` subclass."""
+    assert isinstance(exc, AppError)
+    return error_response(
+        exc.status_code, exc.code, exc.detail_message, exc.details, exc.headers
+    )
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> FastJSONResponse:
+    """Render a request validation failure: 400 for unparsable JSON, else 422."""
+    assert isinstance(exc, RequestValidationError)
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        return error_response(
+            400, "MALFORMED_JSON", "The request body is not valid JSON"
+        )
+    return error_response(
+        422, "VALIDATION_ERROR", "Invalid input", _validation_details(exc)
+    )
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> FastJSONResponse:
+    """Render Starlette's own errors (404, 405, 413, ...) in the envelope."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_STATUS_CODES.get(exc.status_code, "HTTP_ERROR")
+    try:
+        default_message = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        default_message = "HTTP error"
+    message = exc.detail if isinstance(exc.detail, str) else default_message
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    """Install the handlers that turn every error into the envelope.
+
+    Unexpected exceptions are caught by the request-context middleware, which
+    logs the traceback with the request id and answers a generic 500.
+
+    Args:
+        app: The application.
+    """
+    app.add_exception_handler(AppError, handle_app_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
+
+
+# Responses every route may answer; routes add their own domain errors.
+ERROR_RESPONSE: dict[str, Any] = {"model": ErrorEnvelope}
+COMMON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {**ERROR_RESPONSE, "description": "Validation error"},
+    500: {**ERROR_RESPONSE, "description": "Unexpected server error"},
+}

@@ -1,0 +1,111 @@
+"""JSON-lines logging with the request id on every record and secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import traceback
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Keys whose values are never written to a log, wherever they appear in `extra`.
+SENSITIVE_KEYS = frozenset(
+    {
+        "password",
+        "new_password",
+        "current_password",
+        "confirm_password",
+        "hashed_password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "secret",
+        "secret_key",
+        "smtp_password",
+    }
+)
+REDACTED = "[REDACTED]"
+# A bearer token or a JWT pasted into a free-text message is masked too.
+_TOKEN_PATTERN = re.compile(
+    r"(Bearer\s+)[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+)
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def redact(value: Any) -> Any:
+    """Return `value` with every sensitive key's value replaced by a marker.
+
+    Args:
+        value: Any JSON-like structure (dicts, lists, scalars).
+
+    Returns:
+        A copy that is safe to log.
+    """
+    if isinstance(value, dict):
+        return {
+            key: REDACTED if str(key).lower() in SENSITIVE_KEYS else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, str):
+        return _TOKEN_PATTERN.sub(_mask_token, value)
+    return value
+
+
+def _mask_token(match: re.Match[str]) -> str:
+    prefix = match.group(1)
+    return f"{prefix}{REDACTED}" if prefix else REDACTED
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format `record` as JSON, including its `extra` fields."""
+        payload: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            payload["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return orjson.dumps(redact(payload), default=str).decode()
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send every log record to stdout as JSON; silence uvicorn's access log.
+
+    Args:
+        level: The root log level name.
+    """
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # Our middleware writes one richer access line per request instead.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True

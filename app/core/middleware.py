@@ -1,0 +1,164 @@
+"""Pure ASGI middleware: request id, access log, security headers, last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.exceptions import error_response
+from app.core.logging import request_id_var
+
+access_logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client-supplied id is echoed only when it cannot smuggle anything into logs.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+API_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Swagger UI and ReDoc run inline bootstrap scripts and load their bundles from us.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "worker-src 'self' blob:; frame-ancestors 'none'"
+)
+DOCS_PATH_PREFIXES = ("/docs", "/redoc")
+TOO_LARGE_MESSAGE = "The request body is too large"
+
+
+def _pick_request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _SANE_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class RequestContextMiddleware:
+    """Give each request an id, log one access line, and never leak a traceback."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, hsts: bool = False
+    ) -> None:
+        """Wrap `app`.
+
+        Args:
+            app: The inner ASGI application.
+            max_body_bytes: Requests declaring a larger body get 413 at once.
+            hsts: Add `Strict-Transport-Security` (production behind TLS).
+        """
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.security_headers = dict(API_SECURITY_HEADERS)
+        if hsts:
+            self.security_headers["Strict-Transport-Security"] = (
+                "max-age=63072000; includeSubDomains"
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _pick_request_id(scope)
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})
+        started = time.perf_counter()
+        status_holder: dict[str, int] = {"status": 500}
+        is_docs = scope["path"].startswith(DOCS_PATH_PREFIXES)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                for name, value in self.security_headers.items():
+                    headers.setdefault(name, value)
+                if is_docs:
+                    headers["Content-Security-Policy"] = DOCS_CSP
+                status_holder["started"] = 1
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                response = _too_large_response()
+                await response(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, self._limited(receive), send_with_headers)
+        except Exception:
+            error_logger.exception("unhandled exception", extra={"path": scope["path"]})
+            if "started" not in status_holder:
+                response = error_response(
+                    500, "INTERNAL_ERROR", "An unexpected error occurred"
+                )
+                await response(scope, receive, send_with_headers)
+        finally:
+            self._log_access(scope, status_holder["status"], started)
+            request_id_var.reset(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count body bytes as they arrive; a chunked body cannot dodge the limit."""
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise StarletteHTTPException(413, TOO_LARGE_MESSAGE)
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    def _log_access(scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        state: dict[str, Any] = scope.get("state", {})
+        access_logger.info(
+            "request",
+            extra={
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": getattr(route, "path", None),
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client_ip": _client_ip(scope),
+                "user_id": state.get("user_id"),
+            },
+        )
+
+
+def _too_large_response() -> Any:
+    return error_response(413, "PAYLOAD_TOO_LARGE", TOO_LARGE_MESSAGE)

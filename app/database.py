@@ -1,0 +1,122 @@
+"""Engine and session factory for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.core.config import Settings
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run while one writer commits; NORMAL is durable in WAL
+        # except for the last transactions on power loss, the usual trade-off.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return on_connect
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """Create the async engine the settings describe.
+
+    Args:
+        settings: Application settings (URL, pool sizes, timeouts).
+
+    Returns:
+        A configured `AsyncEngine`; it connects lazily.
+    """
+    if settings.is_sqlite:
+        path = settings.sqlite_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            settings.DATABASE_URL,
+            echo=settings.DB_ECHO,
+            connect_args={"timeout": settings.SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        event.listen(
+            engine.sync_engine,
+            "connect",
+            _sqlite_pragmas(settings.SQLITE_BUSY_TIMEOUT_MS),
+        )
+        return engine
+    return create_async_engine(
+        settings.DATABASE_URL,
+        echo=settings.DB_ECHO,
+        pool_size=settings.DB_POOL_SIZE,
+        max_overflow=settings.DB_MAX_OVERFLOW,
+        pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+        pool_recycle=settings.DB_POOL_RECYCLE_SECONDS,
+        pool_pre_ping=settings.DB_POOL_PRE_PING,
+        connect_args={
+            "server_settings": {
+                "idle_in_transaction_session_timeout": str(
+                    settings.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS
+                ),
+                "application_name": settings.PROJECT_NAME,
+            }
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Session factory: no expiry on commit, so committed objects stay readable."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+class Database:
+    """The engine and session factory of one application instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Build the engine (no connection is opened yet)."""
+        self.engine = create_engine(settings)
+        self.sessionmaker = create_sessionmaker(self.engine)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection (graceful shutdown)."""
+        await self.engine.dispose()
+
+
+def safe_url(url: str) -> str:
+    """Render a database URL with its password hidden, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def alembic_config(url: str | None = None) -> AlembicConfig:
+    """The Alembic configuration of this repository, optionally for another URL.
+
+    Args:
+        url: Database to migrate; defaults to the settings' `DATABASE_URL`.
+
+    Returns:
+        A config whose `attributes["url"]` overrides the settings when given.
+    """
+    config = AlembicConfig(str(ALEMBIC_INI))
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+def upgrade_to_head(url: str | None = None) -> None:
+    """Apply every migration (synchronously; runs its own event loop)."""
+    alembic_command.upgrade(alembic_config(url), "head")

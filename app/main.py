@@ -1,0 +1,86 @@
+"""Application factory: settings, middleware, routers, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.docs import install_docs
+from app.api.v1.endpoints import health
+from app.api.v1.router import api_router
+from app.core.config import Settings, get_settings
+from app.core.exceptions import register_exception_handlers
+from app.core.logging import configure_logging
+from app.core.middleware import RequestContextMiddleware
+from app.core.security import PasswordHasher
+from app.database import Database
+
+logger = logging.getLogger("app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the FastAPI application.
+
+    Args:
+        settings: Settings to use; defaults to the environment / `.env`.
+
+    Returns:
+        The configured application. Its database engine connects lazily and is
+        disposed on shutdown.
+    """
+    settings = settings or get_settings()
+    configure_logging(settings.LOG_LEVEL)
+    database = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("startup", extra={"environment": settings.ENVIRONMENT})
+        yield
+        await database.dispose()
+        logger.info("shutdown complete")
+
+    openapi_url = f"{settings.API_V1_STR}/openapi.json"
+    app = FastAPI(
+        title=settings.PROJECT_NAME,
+        version=settings.VERSION,
+        openapi_url=openapi_url,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.password_hasher = PasswordHasher(settings)
+
+    register_exception_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router, prefix=settings.API_V1_STR)
+    install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
+
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+        hsts=settings.ENVIRONMENT == "production",
+    )
+    if settings.BACKEND_CORS_ORIGINS:
+        # Outermost, so even error responses carry the CORS headers browsers need.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.BACKEND_CORS_ORIGINS,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "Idempotency-Key",
+                "X-Request-ID",
+                "X-CSRF-Token",
+            ],
+            expose_headers=["ETag", "X-Request-ID", "Retry-After", "Location"],
+        )
+    return app

@@ -1,0 +1,57 @@
+"""The User aggregate."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import CheckConstraint, Index, String, false, true
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, TimestampMixin
+
+
+class Role(StrEnum):
+    """Roles; each grants a set of OAuth2 scopes."""
+
+    USER = "user"
+    MODERATOR = "moderator"
+    ADMIN = "admin"
+
+
+ROLE_VALUES = ", ".join(f"'{role.value}'" for role in Role)
+
+
+class User(TimestampMixin, Base):
+    """An account. Email and username are stored normalised (lower case)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(255), unique=True)
+    username: Mapped[str] = mapped_column(String(50), unique=True)
+    hashed_password: Mapped[str] = mapped_column(String(255))
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    desired_name: Mapped[str | None] = mapped_column(String(100))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    age: Mapped[int | None]
+    role: Mapped[str] = mapped_column(
+        String(20), default=Role.USER.value, server_default=Role.USER.value
+    )
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    is_verified: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+    __table_args__ = (
+        CheckConstraint("email LIKE '%@%.%'", name="email_format"),
+        CheckConstraint("length(username) >= 3", name="username_length"),
+        CheckConstraint(f"role IN ({ROLE_VALUES})", name="role_valid"),
+        CheckConstraint("age IS NULL OR (age >= 18 AND age <= 120)", name="age_range"),
+        Index("ix_users_email_is_active", "email", "is_active"),
+        Index("ix_users_role_is_active", "role", "is_active"),
+    )
+
+    @property
+    def display_name(self) -> str:
+        """The name to show: desired name, else first + last, else email (seed 002)."""
+        full = f"{self.first_name} {self.last_name}".strip()
+        return self.desired_name or full or self.email

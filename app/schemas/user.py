@@ -1,0 +1,126 @@
+"""Request and response schemas of the User aggregate."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128
+_USERNAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+_PHONE_PATTERN = r"^\+?[0-9 ()-]{5,20}$"
+
+
+def check_password_strength(password: str) -> str:
+    """Enforce seed 001's rules: upper, lower and a digit (length is a constraint).
+
+    Args:
+        password: The candidate password.
+
+    Returns:
+        The password, unchanged.
+
+    Raises:
+        ValueError: Naming every rule the password breaks.
+    """
+    problems = []
+    if not re.search(r"[A-Z]", password):
+        problems.append("an uppercase letter")
+    if not re.search(r"[a-z]", password):
+        problems.append("a lowercase letter")
+    if not re.search(r"[0-9]", password):
+        problems.append("a digit")
+    if problems:
+        raise ValueError("Password must contain " + ", ".join(problems))
+    return password
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
+Password = Annotated[
+    str,
+    Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH),
+    AfterValidator(check_password_strength),
+]
+NormalisedEmail = Annotated[EmailStr, Field(max_length=255), AfterValidator(_lower)]
+Username = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=3, max_length=50, pattern=_USERNAME_PATTERN
+    ),
+    AfterValidator(_lower),
+]
+PersonName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=_PHONE_PATTERN)]
+Age = Annotated[int, Field(ge=18, le=120)]
+
+
+class StrictInput(BaseModel):
+    """Input schemas refuse unknown fields, so no one can set `role` by adding it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserSignup(StrictInput):
+    """Self-service signup."""
+
+    email: NormalisedEmail
+    username: Username
+    password: Password
+    confirm_password: str = Field(max_length=PASSWORD_MAX_LENGTH)
+    first_name: PersonName
+    last_name: PersonName
+    desired_name: PersonName | None = None
+    phone: Phone | None = None
+    age: Age | None = None
+
+    @model_validator(mode="after")
+    def _passwords_consistent(self) -> Self:
+        if self.password != self.confirm_password:
+            raise ValueError("Passwords do not match")
+        if self.password.lower() == self.email.lower():
+            raise ValueError("Password must not be the email address")
+        return self
+
+
+class UserPublic(BaseModel):
+    """What the API shows of an account (never the password hash)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    username: str
+    first_name: str
+    last_name: str
+    desired_name: str | None
+    phone: str | None
+    age: int | None
+    role: str
+    is_active: bool
+    is_verified: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class SuperuserCreate(StrictInput):
+    """What `python -m app create-superuser` needs."""
+
+    email: NormalisedEmail
+    username: Username
+    password: Password

@@ -1,0 +1,92 @@
+"""Account rules: signup and superuser creation. Services own the transaction."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.exceptions import (
+    AppError,
+    EmailAlreadyRegisteredError,
+    UsernameTakenError,
+)
+from app.core.security import PasswordHasher
+from app.models.user import Role, User
+from app.repositories.errors import UniqueViolationError
+from app.repositories.users import UserRepository
+from app.schemas.user import UserSignup
+
+_CONFLICTS: dict[str, type[AppError]] = {
+    "email": EmailAlreadyRegisteredError,
+    "username": UsernameTakenError,
+}
+
+
+async def sign_up(
+    session: AsyncSession, hasher: PasswordHasher, payload: UserSignup
+) -> User:
+    """Create a self-service account with the `user` role and commit it.
+
+    The unique constraints decide duplicates, so two racing signups with one
+    email end in exactly one account and one 409, never a 500.
+
+    Args:
+        session: The request's session.
+        hasher: Password hasher.
+        payload: Validated signup data.
+
+    Returns:
+        The stored user.
+
+    Raises:
+        EmailAlreadyRegisteredError: The email is taken.
+        UsernameTakenError: The username is taken.
+    """
+    user = User(
+        email=payload.email,
+        username=payload.username,
+        hashed_password=await hasher.hash(payload.password),
+        first_name=payload.first_name,
+        last_name=payload.last_name,
+        desired_name=payload.desired_name,
+        phone=payload.phone,
+        age=payload.age,
+        role=Role.USER.value,
+    )
+    return await _insert_and_commit(session, user)
+
+
+async def create_superuser(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    *,
+    email: str,
+    username: str,
+    password: str,
+) -> User:
+    """Create an active, verified admin (used by the CLI).
+
+    Raises:
+        EmailAlreadyRegisteredError: The email is taken.
+        UsernameTakenError: The username is taken.
+    """
+    user = User(
+        email=email,
+        username=username,
+        hashed_password=await hasher.hash(password),
+        first_name="Admin",
+        last_name=username,
+        role=Role.ADMIN.value,
+        is_active=True,
+        is_verified=True,
+    )
+    return await _insert_and_commit(session, user)
+
+
+async def _insert_and_commit(session: AsyncSession, user: User) -> User:
+    try:
+        await UserRepository(session).add(user)
+    except UniqueViolationError as exc:
+        await session.rollback()
+        raise _CONFLICTS[exc.column]() from exc
+    await session.commit()
+    return user

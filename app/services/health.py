@@ -1,0 +1,69 @@
+"""Readiness: can this process reach what it needs to serve requests?"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+logger = logging.getLogger("app.health")
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """The outcome of probing one dependency."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+async def _probe(
+    name: str, check: Callable[[], Awaitable[object]], probe_timeout: float
+) -> ComponentStatus:
+    try:
+        await asyncio.wait_for(check(), probe_timeout)
+    except TimeoutError:
+        return ComponentStatus(name, False, f"no answer within {probe_timeout:g}s")
+    except Exception as exc:  # any failure means "not ready", whatever the driver
+        logger.warning("readiness probe failed", extra={"component": name})
+        return ComponentStatus(name, False, type(exc).__name__)
+    return ComponentStatus(name, True, "ok")
+
+
+async def check_readiness(
+    engine: AsyncEngine, redis_url: str | None, probe_timeout: float
+) -> list[ComponentStatus]:
+    """Probe the database and, when configured, Redis, each within `probe_timeout`.
+
+    Args:
+        engine: The application's engine.
+        redis_url: Redis URL, or None when the service runs without Redis.
+        probe_timeout: Seconds each probe may take.
+
+    Returns:
+        One status per component.
+    """
+
+    async def database() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    probes = [_probe("database", database, probe_timeout)]
+    if redis_url:
+        url = redis_url
+
+        async def redis() -> None:
+            client = Redis.from_url(url, socket_connect_timeout=probe_timeout)
+            try:
+                await client.ping()
+            finally:
+                await client.aclose()
+
+        probes.append(_probe("redis", redis, probe_timeout))
+    return list(await asyncio.gather(*probes))

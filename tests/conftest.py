@@ -1,0 +1,156 @@
+"""Shared fixtures: one migrated database per backend, an app, a clean state per test.
+
+Database-bound tests run on SQLite always and again on PostgreSQL when
+`TEST_DATABASE_URL` is set: the suite creates its own database on that server,
+with a random name, and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("ENVIRONMENT", "test")
+
+import asyncpg
+import pytest
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import delete
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.config import Settings
+from app.database import upgrade_to_head
+from app.main import create_app
+from app.models import Base
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
+BACKENDS = ["sqlite", *(["postgresql"] if TEST_DATABASE_URL else [])]
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: ignore any developer `.env`, test environment."""
+    values: dict[str, Any] = {
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": TEST_SECRET,
+        "LOG_LEVEL": "INFO",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+async def _create_postgres_database(server_url: str) -> tuple[str, str]:
+    url = make_url(server_url)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database or "postgres",
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, url.set(database=name).render_as_string(hide_password=False)
+
+
+async def _drop_postgres_database(server_url: str, name: str) -> None:
+    url = make_url(server_url)
+    admin = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database or "postgres",
+    )
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """A freshly migrated database of each backend, for the whole run."""
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("sqlite") / "test.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+        return
+    assert TEST_DATABASE_URL is not None
+    name, url = await _create_postgres_database(TEST_DATABASE_URL)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+    finally:
+        await _drop_postgres_database(TEST_DATABASE_URL, name)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    """Settings pointing at the run's database."""
+    return make_settings(DATABASE_URL=database_url)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    """One application per backend for the whole run."""
+    application = create_app(settings)
+    yield application
+    await application.state.database.dispose()
+
+
+@pytest.fixture
+def engine(app: Any) -> AsyncEngine:
+    """The application's engine."""
+    engine: AsyncEngine = app.state.database.engine
+    return engine
+
+
+async def truncate_all(engine: AsyncEngine) -> None:
+    """Delete every row of every table (children first)."""
+    async with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(delete(table))
+
+
+@pytest.fixture
+async def client(app: Any, engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
+    """An HTTP client on the app, starting from empty tables."""
+    await truncate_all(engine)
+    transport = ASGITransport(app=app, client=("203.0.113.7", 40000))
+    async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    """'sqlite' or 'postgresql'."""
+    return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture
+def signup_payload() -> dict[str, Any]:
+    """A valid signup body; tests change what they need."""
+    return {
+        "email": "Ada.Lovelace@Example.com",
+        "username": "ada",
+        "password": "Analytical1",
+        "confirm_password": "Analytical1",
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "desired_name": "Ada",
+        "phone": "+44 20 7946 0000",
+        "age": 36,
+    }

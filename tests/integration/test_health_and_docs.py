@@ -1,0 +1,105 @@
+"""Probes, offline docs and the OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+
+from app.main import create_app
+from tests.conftest import TEST_REDIS_URL, make_settings
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_health_reports_service_and_version(client: AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "healthy",
+        "service": "fastapi-backend",
+        "version": "0.1.0",
+    }
+
+
+async def test_ready_when_database_answers(client: AsyncClient) -> None:
+    response = await client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "components": {"database": "ok"}}
+
+
+async def probe(**settings: object) -> tuple[int, dict[str, object]]:
+    app = create_app(make_settings(READY_TIMEOUT_SECONDS=1.0, **settings))
+    transport = ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/ready")
+    await app.state.database.dispose()
+    return response.status_code, response.json()
+
+
+async def test_not_ready_when_database_is_down() -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{unused_port()}/none"
+    status, body = await probe(DATABASE_URL=url)
+    assert status == 503
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == "SERVICE_UNAVAILABLE"
+    assert error["details"][0]["field"] == "database"
+
+
+async def test_not_ready_when_redis_is_down(database_url: str) -> None:
+    status, body = await probe(
+        DATABASE_URL=database_url, REDIS_URL=f"redis://127.0.0.1:{unused_port()}/0"
+    )
+    assert status == 503
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert {d["field"]: d["message"] for d in error["details"]}["database"] == "ok"
+    assert [d["field"] for d in error["details"]] == ["database", "redis"]
+
+
+@pytest.mark.skipif(TEST_REDIS_URL is None, reason="TEST_REDIS_URL not set")
+async def test_ready_with_redis(database_url: str) -> None:
+    status, body = await probe(DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL)
+    assert status == 200
+    assert body["components"] == {"database": "ok", "redis": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_docs_pages_load_nothing_from_other_hosts(
+    client: AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    html = response.text
+    assert "/api/v1/openapi.json" in html
+    referenced = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html)
+    assert referenced, "the page must load its bundle"
+    assert all(ref.startswith("/") for ref in referenced), referenced
+    assert "cdn" not in html.lower()
+    assert "fonts.googleapis" not in html
+    for ref in referenced:
+        asset = await client.get(ref)
+        assert asset.status_code == 200, ref
+        assert len(asset.content) > 1000
+
+
+async def test_openapi_documents_envelopes_and_errors(client: AsyncClient) -> None:
+    document = (await client.get("/api/v1/openapi.json")).json()
+    signup = document["paths"]["/api/v1/auth/signup"]["post"]
+    created = signup["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created["$ref"].endswith("Envelope_UserPublic_")
+    for status in ("409", "422", "500"):
+        schema = signup["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"].endswith("/ErrorEnvelope")
+    envelope = document["components"]["schemas"]["Envelope_UserPublic_"]
+    assert envelope["properties"]["data"]["$ref"].endswith("/UserPublic")
+    public = document["components"]["schemas"]["UserPublic"]["properties"]
+    assert "hashed_password" not in public
