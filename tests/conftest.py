@@ -45,9 +45,8 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-async def _create_postgres_database(server_url: str) -> tuple[str, str]:
+async def _admin_execute(server_url: str, statement: str) -> None:
     url = make_url(server_url)
-    name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(
         host=url.host,
         port=url.port or 5432,
@@ -56,25 +55,20 @@ async def _create_postgres_database(server_url: str) -> tuple[str, str]:
         database=url.database or "postgres",
     )
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(statement)
     finally:
         await admin.close()
-    return name, url.set(database=name).render_as_string(hide_password=False)
+
+
+async def _create_postgres_database(server_url: str) -> tuple[str, str]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    await _admin_execute(server_url, f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name)
+    return name, url.render_as_string(hide_password=False)
 
 
 async def _drop_postgres_database(server_url: str, name: str) -> None:
-    url = make_url(server_url)
-    admin = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database or "postgres",
-    )
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await _admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 from httpx import ASGITransport, AsyncClient
 
 from app.core.config import Settings
-from app.core.logging import JsonFormatter
 from app.main import create_app
 from tests.conftest import make_settings
+from tests.helpers import capture_logs
 
 SIGNUP = "/api/v1/auth/signup"
 
@@ -70,18 +67,6 @@ async def test_streamed_body_over_limit_is_413(
         SIGNUP, content=body(), headers={"content-type": "application/json"}
     )
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
-
-
-@contextmanager
-def capture_logs() -> Iterator[io.StringIO]:
-    """Collect JSON log lines (attach after create_app, which resets handlers)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield stream
-    root.removeHandler(handler)
 
 
 async def test_unexpected_error_is_generic_500_with_traceback_only_in_log(

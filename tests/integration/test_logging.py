@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
 from httpx import AsyncClient
 
-from app.core.logging import JsonFormatter
-
-
-@contextmanager
-def capture_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
+from tests.helpers import capture_logs
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
