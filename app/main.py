@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.docs import install_docs
 from app.api.v1.endpoints import health
 from app.api.v1.router import api_router
+from app.core.attempts import InMemoryLoginAttemptStore
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.password_hasher = PasswordHasher(settings)
+    app.state.login_attempts = InMemoryLoginAttemptStore()
 
     register_exception_handlers(app)
     app.include_router(health.router)

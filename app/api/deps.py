@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.exceptions import InsufficientScopeError, NotAuthenticatedError
+from app.core.principal import Principal
+from app.core.scopes import SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
 from app.database import Database
+from app.services import auth
+from app.services.auth import ClientInfo
+from app.services.login_guard import LoginGuard
 
 
 def get_settings_from_app(request: Request) -> Settings:
@@ -45,3 +52,57 @@ HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 # scope="function": the session closes when the route returns, before the response
 # is sent; services have committed by then (ARCHITECTURE.md, request flow step 3).
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/api/v1/auth/login",
+    scopes=SCOPE_DESCRIPTIONS,
+    auto_error=False,  # we answer 401 ourselves, in the envelope, per RFC 6750
+)
+
+
+def get_login_guard(request: Request) -> LoginGuard:
+    """Brute-force protection bound to the app's attempt store."""
+    return LoginGuard(request.app.state.login_attempts, request.app.state.settings)
+
+
+def client_info(request: Request) -> ClientInfo:
+    """The caller's address and user agent."""
+    return ClientInfo(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def get_principal(
+    security_scopes: SecurityScopes,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Principal:
+    """Authenticate the bearer token and check the scopes the route declares.
+
+    Raises:
+        NotAuthenticatedError: No bearer token (401, bare `Bearer` challenge).
+        InvalidTokenError: Bad, expired or revoked token (401 `invalid_token`).
+        InsufficientScopeError: Valid token without a required scope (403).
+    """
+    if not token:
+        raise NotAuthenticatedError
+    principal = await auth.authenticate(session, settings, token)
+    request.state.user_id = principal.user_id
+    missing = [scope for scope in security_scopes.scopes if not principal.has(scope)]
+    if missing:
+        raise InsufficientScopeError(" ".join(security_scopes.scopes))
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Security(get_principal)]
+LoginGuardDep = Annotated[LoginGuard, Depends(get_login_guard)]
+ClientDep = Annotated[ClientInfo, Depends(client_info)]
+
+
+def require(*scopes: str) -> Any:
+    """`Security` dependency requiring every one of `scopes`; shown in OpenAPI."""
+    return Security(get_principal, scopes=list(scopes))

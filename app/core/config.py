@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     JWT_ISSUER: str = "fastapi-backend"
     JWT_AUDIENCE: str = "fastapi-backend-api"
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1, le=1440)
+    REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES: int = Field(default=7 * 24 * 60, ge=1)
+    REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS: int = Field(default=30, ge=1)
+    REFRESH_COOKIE_NAME: str = "refresh_token"
+    CSRF_COOKIE_NAME: str = "csrf_token"
+    CSRF_HEADER_NAME: str = "X-CSRF-Token"
+
+    LOGIN_MAX_FAILURES: int = Field(default=5, ge=1)
+    LOGIN_FAILURE_WINDOW_SECONDS: int = Field(default=900, ge=1)
+    LOGIN_LOCKOUT_BASE_SECONDS: int = Field(default=60, ge=1)
+    LOGIN_LOCKOUT_MAX_SECONDS: int = Field(default=900, ge=1)
+    LOGIN_IP_MAX_FAILURES: int = Field(default=50, ge=1)
 
     PASSWORD_ARGON2_TIME_COST: int = Field(default=2, ge=1)
     PASSWORD_ARGON2_MEMORY_KIB: int = Field(default=19456, ge=1024)

@@ -55,6 +55,14 @@ class AppError(Exception):
         super().__init__(self.detail_message)
 
 
+class MalformedJsonError(AppError):
+    """The body claims to be JSON but does not parse."""
+
+    status_code = 400
+    code = "MALFORMED_JSON"
+    message = "The request body is not valid JSON"
+
+
 class NotFoundError(AppError):
     """The resource does not exist (or the caller may not know it does)."""
 
@@ -93,12 +101,126 @@ class UnauthorizedError(AppError):
     message = "Not authenticated"
 
 
+class InvalidCredentialsError(AppError):
+    """Wrong login or password (deliberately not saying which)."""
+
+    status_code = 401
+    code = "INVALID_CREDENTIALS"
+    message = "Incorrect login or password"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer_challenge(error: str | None = None, **params: str) -> str:
+    """Build a `WWW-Authenticate: Bearer ...` value (RFC 6750 section 3)."""
+    parts = [f'error="{error}"'] if error else []
+    parts += [f'{key}="{value}"' for key, value in params.items()]
+    return "Bearer " + ", ".join(parts) if parts else "Bearer"
+
+
+class InvalidTokenError(UnauthorizedError):
+    """The bearer token is missing, malformed, expired or revoked."""
+
+    code = "INVALID_TOKEN"
+    message = "The access token is invalid or expired"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message, headers={"WWW-Authenticate": bearer_challenge("invalid_token")}
+        )
+
+
+class NotAuthenticatedError(UnauthorizedError):
+    """No credentials were sent at all."""
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": bearer_challenge()})
+
+
+class InvalidRefreshTokenError(UnauthorizedError):
+    """The refresh token is unknown, expired or its session was revoked."""
+
+    code = "INVALID_REFRESH_TOKEN"
+    message = "The refresh token is invalid or expired"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message, headers={"WWW-Authenticate": bearer_challenge("invalid_token")}
+        )
+
+
+class TokenReusedError(InvalidRefreshTokenError):
+    """An already-rotated refresh token came back: its family is now revoked."""
+
+    code = "TOKEN_REUSED"
+    message = "Refresh token reuse detected; the session has been revoked"
+
+
 class ForbiddenError(AppError):
     """Authenticated, but not allowed to do this."""
 
     status_code = 403
     code = "FORBIDDEN"
     message = "Not enough permissions"
+
+
+class InsufficientScopeError(ForbiddenError):
+    """A valid token without a scope the route needs (RFC 6750 section 3.1)."""
+
+    code = "INSUFFICIENT_SCOPE"
+    message = "The access token lacks a required scope"
+
+    def __init__(self, required: str) -> None:
+        super().__init__(
+            details=[{"field": "scope", "message": f"requires {required}"}],
+            headers={
+                "WWW-Authenticate": bearer_challenge(
+                    "insufficient_scope", scope=required
+                )
+            },
+        )
+
+
+class AccountDisabledError(ForbiddenError):
+    """The credentials are right but the account is deactivated."""
+
+    code = "ACCOUNT_DISABLED"
+    message = "This account is disabled"
+
+
+class CsrfError(ForbiddenError):
+    """A cookie-authenticated request without the matching CSRF header."""
+
+    code = "CSRF_FAILED"
+    message = "Missing or invalid CSRF token"
+
+
+class InvalidScopeError(AppError):
+    """None of the requested scopes can be granted."""
+
+    status_code = 400
+    code = "INVALID_SCOPE"
+    message = "None of the requested scopes can be granted"
+
+
+class TooManyRequestsError(AppError):
+    """Throttled; `Retry-After` says when to come back."""
+
+    status_code = 429
+    code = "RATE_LIMITED"
+    message = "Too many requests"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = max(1, retry_after)
+
+
+class AccountLockedError(TooManyRequestsError):
+    """Too many failed logins for this account: locked for a while."""
+
+    code = "ACCOUNT_LOCKED"
+    message = "Too many failed login attempts; try again later"
 
 
 class ServiceUnavailableError(AppError):

@@ -41,6 +41,7 @@ class PasswordHasher:
             settings.PASSWORD_ARGON2_PARALLELISM,
         )
         self._threads = settings.PASSWORD_HASH_THREADS
+        self._dummy_hash: str | None = None
 
     def hash_sync(self, password: str) -> str:
         """Hash on the calling thread (CLI, tests)."""
@@ -70,3 +71,13 @@ class PasswordHasher:
             hashed,
             limiter=_limiter(self._threads),
         )
+
+    async def burn_verify_time(self, password: str) -> None:
+        """Spend one verification's time on a dummy hash (unknown accounts).
+
+        Login for an unknown account then costs what it costs for a known one,
+        so response time does not reveal which accounts exist.
+        """
+        if self._dummy_hash is None:
+            self._dummy_hash = await self.hash("dummy-password-for-timing-0")
+        await self.verify_and_update(password, self._dummy_hash)

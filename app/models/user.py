@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from sqlalchemy import CheckConstraint, Index, String, false, true
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.scopes import Role
 from app.models.base import Base, TimestampMixin
-
-
-class Role(StrEnum):
-    """Roles; each grants a set of OAuth2 scopes."""
-
-    USER = "user"
-    MODERATOR = "moderator"
-    ADMIN = "admin"
-
 
 ROLE_VALUES = ", ".join(f"'{role.value}'" for role in Role)
 
@@ -40,6 +30,8 @@ class User(TimestampMixin, Base):
     )
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
     is_verified: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Bumped when every outstanding access token must die (role change, deactivation).
+    token_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint("email LIKE '%@%.%'", name="email_format"),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.user import User
 from app.repositories.errors import unique_violation
+from app.schemas.user import UserFilters
 
 UNIQUE_COLUMNS = ("email", "username")
 
@@ -39,10 +43,10 @@ class UserRepository:
         """The user with this id, or None."""
         return await self.session.get(User, user_id)
 
-    async def get_by_email(self, email: str) -> User | None:
-        """The user with this (normalised) email, or None."""
-        result = await self.session.execute(select(User).where(User.email == email))
-        return result.scalar_one_or_none()
+    async def delete(self, user: User) -> None:
+        """Delete the row (sessions cascade)."""
+        await self.session.delete(user)
+        await self.session.flush()
 
     async def get_by_login(self, identifier: str) -> User | None:
         """The user whose email or username is `identifier` (case-insensitive)."""
@@ -50,3 +54,35 @@ class UserRepository:
         column = User.email if "@" in value else User.username
         result = await self.session.execute(select(User).where(column == value))
         return result.scalar_one_or_none()
+
+
+def _prefix_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _filtered(statement: Select[Any], filters: UserFilters) -> Select[Any]:
+    if filters.role is not None:
+        statement = statement.where(User.role == filters.role)
+    if filters.is_active is not None:
+        statement = statement.where(User.is_active == filters.is_active)
+    if filters.search:
+        pattern = _prefix_pattern(filters.search)
+        columns = (User.email, User.username, User.first_name, User.last_name)
+        statement = statement.where(
+            or_(*(func.lower(column).like(pattern, escape="\\") for column in columns))
+        )
+    return statement
+
+
+async def list_users(
+    session: AsyncSession, filters: UserFilters, *, limit: int, offset: int
+) -> tuple[Sequence[User], int]:
+    """One page of users (by id) and the total matching the filters."""
+    page = (
+        _filtered(select(User), filters).order_by(User.id).limit(limit).offset(offset)
+    )
+    total = _filtered(select(func.count()).select_from(User), filters)
+    users = (await session.execute(page)).scalars().all()
+    count = int((await session.execute(total)).scalar_one())
+    return users, count

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.scopes import Role
+
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
 _USERNAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -124,3 +126,62 @@ class SuperuserCreate(StrictInput):
     email: NormalisedEmail
     username: Username
     password: Password
+
+
+class ProfileUpdate(StrictInput):
+    """Fields a user may change on their own account."""
+
+    first_name: PersonName | None = None
+    last_name: PersonName | None = None
+    desired_name: PersonName | None = None
+    phone: Phone | None = None
+    age: Age | None = None
+
+
+class UserUpdate(ProfileUpdate):
+    """`PATCH /users/{id}`: profile fields, plus status fields only admins may set."""
+
+    role: Role | None = None
+    is_active: bool | None = None
+    is_verified: bool | None = None
+
+
+PRIVILEGED_FIELDS = frozenset({"role", "is_active", "is_verified"})
+
+
+class UserCreateByAdmin(StrictInput):
+    """`POST /users`: an admin creates an account with a role."""
+
+    email: NormalisedEmail
+    username: Username
+    password: Password
+    first_name: PersonName
+    last_name: PersonName
+    desired_name: PersonName | None = None
+    phone: Phone | None = None
+    age: Age | None = None
+    role: Role = Role.USER
+    is_active: bool = True
+    is_verified: bool = False
+
+
+class PasswordChange(StrictInput):
+    """`POST /users/me/password`."""
+
+    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX_LENGTH)
+    new_password: Password
+    confirm_password: str = Field(max_length=PASSWORD_MAX_LENGTH)
+
+    @model_validator(mode="after")
+    def _confirmed(self) -> Self:
+        if self.new_password != self.confirm_password:
+            raise ValueError("Passwords do not match")
+        return self
+
+
+class UserFilters(BaseModel):
+    """The filters of `GET /users`; None means "not filtered"."""
+
+    role: Role | None = None
+    is_active: bool | None = None
+    search: str | None = None

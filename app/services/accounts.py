@@ -9,8 +9,9 @@ from app.core.exceptions import (
     EmailAlreadyRegisteredError,
     UsernameTakenError,
 )
+from app.core.scopes import Role
 from app.core.security import PasswordHasher
-from app.models.user import Role, User
+from app.models.user import User
 from app.repositories.errors import UniqueViolationError
 from app.repositories.users import UserRepository
 from app.schemas.user import UserSignup
@@ -52,7 +53,7 @@ async def sign_up(
         age=payload.age,
         role=Role.USER.value,
     )
-    return await _insert_and_commit(session, user)
+    return await insert_and_commit(session, user)
 
 
 async def create_superuser(
@@ -79,10 +80,11 @@ async def create_superuser(
         is_active=True,
         is_verified=True,
     )
-    return await _insert_and_commit(session, user)
+    return await insert_and_commit(session, user)
 
 
-async def _insert_and_commit(session: AsyncSession, user: User) -> User:
+async def insert_and_commit(session: AsyncSession, user: User) -> User:
+    """Insert `user` and commit; a duplicate email or username is a 409."""
     try:
         await UserRepository(session).add(user)
     except UniqueViolationError as exc:

@@ -2,7 +2,8 @@
 
 from fastapi import APIRouter
 
-from app.api.v1.endpoints import auth
+from app.api.v1.endpoints import auth, users
 
 api_router = APIRouter()
 api_router.include_router(auth.router)
+api_router.include_router(users.router)

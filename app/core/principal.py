@@ -1,0 +1,29 @@
+"""The authenticated caller, as routes and services see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, with what rights. `sub` was converted to `user_id` once."""
+
+    user_id: int
+    email: str
+    role: str
+    scopes: frozenset[str]
+    first_name: str
+    last_name: str
+    desired_name: str | None
+    session_id: str | None
+
+    @property
+    def display_name(self) -> str:
+        """Desired name, else first + last, else email (seed 002)."""
+        full = f"{self.first_name} {self.last_name}".strip()
+        return self.desired_name or full or self.email
+
+    def has(self, scope: str) -> bool:
+        """Whether the token grants `scope`."""
+        return scope in self.scopes

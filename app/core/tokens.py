@@ -1,0 +1,162 @@
+"""Access tokens (JWT, RFC 9068 profile), opaque refresh tokens and CSRF values."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from app.core.config import Settings
+from app.core.scopes import format_scope, parse_scope
+
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+ACCESS_TOKEN_HEADER_TYP = "at+jwt"  # noqa: S105 - a header value
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "type"]
+REFRESH_TOKEN_BYTES = 32  # 256 bits
+
+
+class InvalidAccessTokenError(Exception):
+    """The string is not an access token this service issued and still honours."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessTokenSubject:
+    """What an access token says about its user (everything but timestamps)."""
+
+    user_id: int
+    email: str
+    role: str
+    scopes: frozenset[str]
+    first_name: str
+    last_name: str
+    desired_name: str | None
+    session_id: str | None
+    token_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAccessToken:
+    """A freshly signed access token and its lifetime in seconds."""
+
+    token: str
+    expires_in: int
+
+
+def create_access_token(
+    settings: Settings, subject: AccessTokenSubject
+) -> IssuedAccessToken:
+    """Sign an access token for `subject`.
+
+    Args:
+        settings: Key, algorithm, issuer, audience and lifetime.
+        subject: The user, scopes and session the token speaks for.
+
+    Returns:
+        The token and its `expires_in`.
+    """
+    now = datetime.now(UTC)
+    lifetime = timedelta(minutes=settings.ACCESS_TOKEN_EXPIRE_MINUTES)
+    claims: dict[str, Any] = {
+        "iss": settings.JWT_ISSUER,
+        "aud": settings.JWT_AUDIENCE,
+        "sub": str(subject.user_id),
+        "email": subject.email,
+        "role": subject.role,
+        "scope": format_scope(subject.scopes),
+        "first_name": subject.first_name,
+        "last_name": subject.last_name,
+        "desired_name": subject.desired_name,
+        "sid": subject.session_id,
+        "ver": subject.token_version,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "jti": uuid.uuid4().hex,
+        "type": ACCESS_TOKEN_TYPE,
+    }
+    token = jwt.encode(
+        claims,
+        settings.SECRET_KEY.get_secret_value(),
+        algorithm=settings.JWT_ALGORITHM,
+        headers={"typ": ACCESS_TOKEN_HEADER_TYP},
+    )
+    return IssuedAccessToken(token=token, expires_in=int(lifetime.total_seconds()))
+
+
+def decode_access_token(settings: Settings, token: str) -> AccessTokenSubject:
+    """Verify an access token and return its subject.
+
+    The algorithm is pinned to the configured one (no `none`, no switching);
+    signature, `exp`, `nbf`, `iss`, `aud`, `typ` header and `type` claim are checked.
+
+    Raises:
+        InvalidAccessTokenError: For any token this service must not honour.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("typ") != ACCESS_TOKEN_HEADER_TYP:
+            raise InvalidAccessTokenError("not an access token")
+        claims = jwt.decode(
+            token,
+            settings.SECRET_KEY.get_secret_value(),
+            algorithms=[settings.JWT_ALGORITHM],
+            audience=settings.JWT_AUDIENCE,
+            issuer=settings.JWT_ISSUER,
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidAccessTokenError(str(exc)) from exc
+    return _subject_from_claims(claims)
+
+
+def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:
+    if claims.get("type") != ACCESS_TOKEN_TYPE:
+        raise InvalidAccessTokenError("not an access token")
+    subject = claims["sub"]
+    if not isinstance(subject, str) or not subject.isdigit():
+        raise InvalidAccessTokenError("malformed subject")
+    try:
+        return AccessTokenSubject(
+            user_id=int(subject),
+            email=str(claims["email"]),
+            role=str(claims["role"]),
+            scopes=frozenset(parse_scope(claims.get("scope"))),
+            first_name=str(claims.get("first_name") or ""),
+            last_name=str(claims.get("last_name") or ""),
+            desired_name=claims.get("desired_name"),
+            session_id=claims.get("sid"),
+            token_version=int(claims.get("ver", -1)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidAccessTokenError("malformed claims") from exc
+
+
+def new_refresh_token() -> str:
+    """A new opaque refresh token (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def hash_refresh_token(token: str) -> str:
+    """The stored form of a refresh token (SHA-256: the token has full entropy)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token_for(settings: Settings, refresh_token: str) -> str:
+    """The CSRF value bound to a refresh-token cookie (signed double submit).
+
+    Deriving it with an HMAC means a forged cookie/header pair is useless
+    without the httpOnly refresh token itself.
+    """
+    key = settings.SECRET_KEY.get_secret_value().encode()
+    return hmac.new(key, b"csrf:" + refresh_token.encode(), hashlib.sha256).hexdigest()
+
+
+def same_secret(left: str, right: str) -> bool:
+    """Constant-time string comparison."""
+    return hmac.compare_digest(left.encode(), right.encode())

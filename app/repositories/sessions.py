@@ -1,0 +1,148 @@
+"""Queries for login sessions and refresh tokens. Flush, never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models.auth_session import AuthSession, RefreshToken
+from app.models.user import User
+
+
+class SessionRepository:
+    """Load and change refresh-token families."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Bind to the request's database session."""
+        self.session = session
+
+    async def add(self, auth_session: AuthSession, token_hash: str) -> None:
+        """Store a new family with its first refresh token."""
+        self.session.add(auth_session)
+        self.session.add(
+            RefreshToken(session_id=auth_session.id, token_hash=token_hash)
+        )
+        await self.session.flush()
+
+    async def find_token(
+        self, token_hash: str
+    ) -> tuple[RefreshToken, AuthSession] | None:
+        """The refresh token with this hash and its family, or None."""
+        statement = (
+            select(RefreshToken, AuthSession)
+            .join(AuthSession, AuthSession.id == RefreshToken.session_id)
+            .where(RefreshToken.token_hash == token_hash)
+        )
+        row = (await self.session.execute(statement)).first()
+        return None if row is None else (row[0], row[1])
+
+    async def claim_rotation(self, token_id: int, now: datetime) -> bool:
+        """Mark a token rotated, only if nobody did first (one winner per token)."""
+        result = await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token_id, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def add_token(self, session_id: str, token_hash: str) -> None:
+        """Add the next refresh token of a family."""
+        self.session.add(RefreshToken(session_id=session_id, token_hash=token_hash))
+        await self.session.flush()
+
+    async def touch(self, session_id: str, now: datetime) -> None:
+        """Record that the family was just used."""
+        await self.session.execute(
+            update(AuthSession)
+            .where(AuthSession.id == session_id)
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def revoke(
+        self,
+        now: datetime,
+        reason: str,
+        *,
+        user_id: int,
+        session_id: str | None = None,
+        keep_session_id: str | None = None,
+    ) -> int:
+        """Revoke a user's live families (one, or all but one). Returns how many."""
+        statement = (
+            update(AuthSession)
+            .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        if session_id is not None:
+            statement = statement.where(AuthSession.id == session_id)
+        if keep_session_id is not None:
+            statement = statement.where(AuthSession.id != keep_session_id)
+        result = await self.session.execute(statement)
+        return int(getattr(result, "rowcount", 0))
+
+    async def list_active(self, user_id: int, now: datetime) -> Sequence[AuthSession]:
+        """A user's families that are neither revoked nor past their lifetime."""
+        statement = (
+            select(AuthSession)
+            .where(
+                AuthSession.user_id == user_id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > now,
+            )
+            .order_by(AuthSession.last_used_at.desc())
+        )
+        return (await self.session.execute(statement)).scalars().all()
+
+    async def is_revoked(self, session_id: str) -> bool:
+        """Whether the family is revoked (or gone)."""
+        statement = select(AuthSession.revoked_at).where(AuthSession.id == session_id)
+        row = (await self.session.execute(statement)).first()
+        return row is None or row[0] is not None
+
+
+class AccessState:
+    """What an access-token check needs to know about its user and session."""
+
+    __slots__ = ("session_revoked", "user")
+
+    def __init__(self, user: User, session_revoked: bool) -> None:
+        """Hold the user row and whether the token's session is revoked."""
+        self.user = user
+        self.session_revoked = session_revoked
+
+
+async def load_access_state(
+    session: AsyncSession, user_id: int, session_id: str | None
+) -> AccessState | None:
+    """The user and their token's session state, in one query.
+
+    Args:
+        session: Database session.
+        user_id: The token's subject.
+        session_id: The token's `sid`, if any.
+
+    Returns:
+        None when the user does not exist.
+    """
+    statement = (
+        select(User, AuthSession.revoked_at, AuthSession.id)
+        .outerjoin(
+            AuthSession,
+            and_(AuthSession.id == session_id, AuthSession.user_id == User.id),
+        )
+        .where(User.id == user_id)
+    )
+    row = (await session.execute(statement)).first()
+    if row is None:
+        return None
+    user, revoked_at, found_session = row
+    revoked = session_id is not None and (
+        found_session is None or revoked_at is not None
+    )
+    return AccessState(user, revoked)

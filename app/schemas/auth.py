@@ -1,0 +1,63 @@
+"""Schemas of the authentication routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.user import StrictInput
+
+
+class LoginRequest(BaseModel):
+    """The OAuth2 password grant, as a form or as JSON.
+
+    `client_id` / `client_secret` are accepted (and ignored) because generic
+    OAuth2 clients, Swagger's Authorize among them, send them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    grant_type: Literal["password"] | None = None
+    username: str = Field(min_length=1, max_length=255, description="Email or username")
+    password: str = Field(min_length=1, max_length=1024)
+    scope: str | None = Field(default=None, max_length=1000)
+    client_id: str | None = Field(default=None, max_length=255)
+    client_secret: str | None = Field(default=None, max_length=255)
+    use_cookie: bool = Field(
+        default=False,
+        description="Browser clients: set the refresh token as an httpOnly cookie "
+        "instead of returning it in the body.",
+    )
+
+
+class RefreshRequest(StrictInput):
+    """Refresh by body; browser clients send nothing here and use the cookie."""
+
+    refresh_token: str | None = Field(default=None, max_length=512)
+
+
+class TokenResponse(BaseModel):
+    """RFC 6749 section 5.1 token response (top level, not in the envelope)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - RFC 6749 token type
+    expires_in: int
+    refresh_token: str | None = None
+    scope: str
+
+
+class SessionPublic(BaseModel):
+    """One active login session."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    user_agent: str | None
+    ip_address: str | None
+    scope: str
+    current: bool = False

@@ -1,0 +1,307 @@
+"""Authentication: login, refresh-token rotation, logout, sessions, token checks."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.exceptions import (
+    AccountDisabledError,
+    InvalidCredentialsError,
+    InvalidRefreshTokenError,
+    InvalidScopeError,
+    InvalidTokenError,
+    NotFoundError,
+    TokenReusedError,
+)
+from app.core.principal import Principal
+from app.core.scopes import ROLE_SCOPES, format_scope, grant_scopes, parse_scope
+from app.core.security import PasswordHasher
+from app.core.tokens import (
+    AccessTokenSubject,
+    InvalidAccessTokenError,
+    IssuedAccessToken,
+    create_access_token,
+    decode_access_token,
+    hash_refresh_token,
+    new_refresh_token,
+)
+from app.models.auth_session import AuthSession
+from app.models.base import utcnow
+from app.models.user import User
+from app.repositories.sessions import SessionRepository, load_access_state
+from app.repositories.users import UserRepository
+from app.services.login_guard import LoginGuard
+
+security_log = logging.getLogger("app.security")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Where a request came from, recorded on the session it opens."""
+
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    """What a login or refresh hands back to the client."""
+
+    access: IssuedAccessToken
+    refresh_token: str
+    scope: str
+    session_id: str
+
+
+def _issue_access(
+    settings: Settings, user: User, scopes: frozenset[str], session_id: str
+) -> IssuedAccessToken:
+    return create_access_token(
+        settings,
+        AccessTokenSubject(
+            user_id=user.id,
+            email=user.email,
+            role=user.role,
+            scopes=scopes,
+            first_name=user.first_name,
+            last_name=user.last_name,
+            desired_name=user.desired_name,
+            session_id=session_id,
+            token_version=user.token_version,
+        ),
+    )
+
+
+async def login(
+    session: AsyncSession,
+    settings: Settings,
+    hasher: PasswordHasher,
+    guard: LoginGuard,
+    *,
+    identifier: str,
+    password: str,
+    requested_scope: str | None,
+    client: ClientInfo,
+) -> TokenPair:
+    """Check the password and open a session (a new refresh-token family).
+
+    Raises:
+        AccountLockedError: Too many failures for this account.
+        TooManyRequestsError: Too many failures from this address.
+        InvalidCredentialsError: Unknown login or wrong password (same answer).
+        AccountDisabledError: Right password, deactivated account.
+        InvalidScopeError: None of the requested scopes is allowed.
+    """
+    user = await UserRepository(session).get_by_login(identifier)
+    account = guard.account_key(user.id if user else None, identifier)
+    await guard.check(account, client.ip)
+    if user is None:
+        await hasher.burn_verify_time(password)
+        await guard.record_failure(account, client.ip, "unknown_account")
+        raise InvalidCredentialsError
+    valid, upgraded_hash = await hasher.verify_and_update(
+        password, user.hashed_password
+    )
+    if not valid:
+        await guard.record_failure(account, client.ip, "wrong_password")
+        raise InvalidCredentialsError
+    if not user.is_active:
+        raise AccountDisabledError
+    await guard.record_success(account)
+    if upgraded_hash is not None:
+        user.hashed_password = upgraded_hash  # e.g. a legacy bcrypt hash
+    requested = parse_scope(requested_scope)
+    scopes = grant_scopes(user.role, requested)
+    if requested and not scopes:
+        raise InvalidScopeError
+    return await _open_session(session, settings, user, scopes, client)
+
+
+async def _open_session(
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    scopes: frozenset[str],
+    client: ClientInfo,
+) -> TokenPair:
+    now = utcnow()
+    family = AuthSession(
+        id=uuid.uuid4().hex,
+        user_id=user.id,
+        scope=format_scope(scopes),
+        user_agent=(client.user_agent or "")[:255] or None,
+        ip_address=client.ip,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS),
+    )
+    refresh_token = new_refresh_token()
+    await SessionRepository(session).add(family, hash_refresh_token(refresh_token))
+    await session.commit()
+    return TokenPair(
+        access=_issue_access(settings, user, scopes, family.id),
+        refresh_token=refresh_token,
+        scope=family.scope,
+        session_id=family.id,
+    )
+
+
+def _expired(settings: Settings, family: AuthSession, now: datetime) -> bool:
+    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    return now >= family.expires_at or now >= family.last_used_at + idle
+
+
+async def _revoke_for_reuse(
+    session: AsyncSession, user_id: int, family_id: str
+) -> None:
+    repository = SessionRepository(session)
+    await repository.revoke(
+        utcnow(), "token_reuse", user_id=user_id, session_id=family_id
+    )
+    await session.commit()
+    security_log.warning(
+        "refresh_token_reuse",
+        extra={"event": "refresh_token_reuse", "user_id": user_id},
+    )
+
+
+async def refresh(
+    session: AsyncSession, settings: Settings, refresh_token: str
+) -> TokenPair:
+    """Rotate a refresh token: the old one dies, a new pair is issued.
+
+    An already-rotated token coming back means it leaked (or a race lost):
+    the whole family is revoked.
+
+    Raises:
+        InvalidRefreshTokenError: Unknown, expired or revoked.
+        TokenReusedError: Reuse detected; the family is now revoked.
+    """
+    repository = SessionRepository(session)
+    found = await repository.find_token(hash_refresh_token(refresh_token))
+    if found is None:
+        raise InvalidRefreshTokenError
+    token, family = found
+    now = utcnow()
+    if family.revoked_at is not None or _expired(settings, family, now):
+        raise InvalidRefreshTokenError
+    if token.rotated_at is not None or not await repository.claim_rotation(
+        token.id, now
+    ):
+        await _revoke_for_reuse(session, family.user_id, family.id)
+        raise TokenReusedError
+    user = await UserRepository(session).get(family.user_id)
+    if user is None or not user.is_active:
+        await repository.revoke(now, "user_inactive", user_id=family.user_id)
+        await session.commit()
+        raise InvalidRefreshTokenError
+    next_token = new_refresh_token()
+    await repository.add_token(family.id, hash_refresh_token(next_token))
+    await repository.touch(family.id, now)
+    await session.commit()
+    scopes = grant_scopes(user.role, parse_scope(family.scope))
+    return TokenPair(
+        access=_issue_access(settings, user, scopes, family.id),
+        refresh_token=next_token,
+        scope=format_scope(scopes),
+        session_id=family.id,
+    )
+
+
+async def revoke_by_refresh_token(session: AsyncSession, refresh_token: str) -> None:
+    """Revoke the family a refresh token belongs to (logout without an access token)."""
+    repository = SessionRepository(session)
+    found = await repository.find_token(hash_refresh_token(refresh_token))
+    if found is not None:
+        _, family = found
+        await repository.revoke(
+            utcnow(), "logout", user_id=family.user_id, session_id=family.id
+        )
+        await session.commit()
+
+
+async def logout(session: AsyncSession, principal: Principal) -> None:
+    """Revoke the caller's current session; its tokens stop working at once."""
+    if principal.session_id is not None:
+        await SessionRepository(session).revoke(
+            utcnow(),
+            "logout",
+            user_id=principal.user_id,
+            session_id=principal.session_id,
+        )
+        await session.commit()
+
+
+async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
+    """Revoke every session of the caller and every access token issued so far."""
+    count = await SessionRepository(session).revoke(
+        utcnow(), "logout_all", user_id=principal.user_id
+    )
+    user = await UserRepository(session).get(principal.user_id)
+    if user is not None:
+        user.token_version += 1
+    await session.commit()
+    return count
+
+
+async def list_sessions(
+    session: AsyncSession, principal: Principal
+) -> Sequence[AuthSession]:
+    """The caller's active sessions, most recently used first."""
+    return await SessionRepository(session).list_active(principal.user_id, utcnow())
+
+
+async def revoke_session(
+    session: AsyncSession, principal: Principal, session_id: str
+) -> None:
+    """Revoke one of the caller's sessions.
+
+    Raises:
+        NotFoundError: No such live session of the caller.
+    """
+    revoked = await SessionRepository(session).revoke(
+        utcnow(), "revoked_by_user", user_id=principal.user_id, session_id=session_id
+    )
+    if revoked == 0:
+        raise NotFoundError("Session not found")
+    await session.commit()
+
+
+async def authenticate(
+    session: AsyncSession, settings: Settings, token: str
+) -> Principal:
+    """Turn a bearer token into a Principal, or refuse it.
+
+    Checks the signature and claims, then (one query) that the user is active,
+    the token version is current and the token's session is not revoked.
+
+    Raises:
+        InvalidTokenError: For any token that must not be honoured.
+    """
+    try:
+        subject = decode_access_token(settings, token)
+    except InvalidAccessTokenError as exc:
+        raise InvalidTokenError from exc
+    state = await load_access_state(session, subject.user_id, subject.session_id)
+    if state is None or state.session_revoked:
+        raise InvalidTokenError
+    user = state.user
+    if not user.is_active or user.token_version != subject.token_version:
+        raise InvalidTokenError
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        role=user.role,
+        scopes=subject.scopes & ROLE_SCOPES.get(user.role, frozenset()),
+        first_name=user.first_name,
+        last_name=user.last_name,
+        desired_name=user.desired_name,
+        session_id=subject.session_id,
+    )

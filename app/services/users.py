@@ -1,0 +1,204 @@
+"""Account management: profile, password change, and the admin users API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.exceptions import (
+    AppError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+)
+from app.core.principal import Principal
+from app.core.scopes import ADMIN_ALL, USERS_DELETE, USERS_READ, USERS_WRITE
+from app.core.security import PasswordHasher
+from app.models.base import utcnow
+from app.models.user import User
+from app.repositories.sessions import SessionRepository
+from app.repositories.users import UserRepository, list_users
+from app.schemas.user import (
+    PRIVILEGED_FIELDS,
+    PasswordChange,
+    ProfileUpdate,
+    UserCreateByAdmin,
+    UserFilters,
+    UserUpdate,
+)
+from app.services.accounts import insert_and_commit
+from app.services.login_guard import LoginGuard
+
+
+class InvalidCurrentPasswordError(AppError):
+    """`current_password` is wrong."""
+
+    status_code = 400
+    code = "INVALID_CURRENT_PASSWORD"
+    message = "The current password is incorrect"
+
+
+class UserNotFoundError(NotFoundError):
+    """No such user, or the caller may not know of them."""
+
+    message = "User not found"
+
+
+async def get_self(session: AsyncSession, principal: Principal) -> User:
+    """The caller's own account."""
+    user = await UserRepository(session).get(principal.user_id)
+    if user is None:  # deleted between the token check and now
+        raise UserNotFoundError
+    return user
+
+
+async def _visible_user(
+    session: AsyncSession, principal: Principal, user_id: int
+) -> User:
+    user = await UserRepository(session).get(user_id)
+    if user is None or not (user.id == principal.user_id or principal.has(USERS_READ)):
+        raise UserNotFoundError  # no existence leak to callers without users:read
+    return user
+
+
+async def get_user(session: AsyncSession, principal: Principal, user_id: int) -> User:
+    """A user the caller may see: themselves, or anyone with `users:read`.
+
+    Raises:
+        UserNotFoundError: Unknown, or not visible to the caller.
+    """
+    return await _visible_user(session, principal, user_id)
+
+
+def _apply(user: User, changes: dict[str, object]) -> dict[str, object]:
+    changed = {}
+    for field, value in changes.items():
+        if getattr(user, field) != value:
+            setattr(user, field, value)
+            changed[field] = value
+    return changed
+
+
+async def update_profile(
+    session: AsyncSession, principal: Principal, payload: ProfileUpdate
+) -> User:
+    """Change the caller's own profile fields."""
+    user = await get_self(session, principal)
+    _apply(user, payload.model_dump(exclude_unset=True))
+    await session.commit()
+    return user
+
+
+async def update_user(
+    session: AsyncSession, principal: Principal, user_id: int, payload: UserUpdate
+) -> User:
+    """Change a user: the owner for profile fields, an admin for role and status.
+
+    Nobody changes their own role, active or verified flag.
+
+    Raises:
+        UserNotFoundError: Unknown or invisible user.
+        ForbiddenError: The caller may see but not change this user or field.
+    """
+    user = await _visible_user(session, principal, user_id)
+    changes = payload.model_dump(exclude_unset=True)
+    is_self = user.id == principal.user_id
+    privileged = PRIVILEGED_FIELDS & changes.keys()
+    if not is_self and not principal.has(USERS_WRITE):
+        raise ForbiddenError("You may not change this user")
+    if privileged and (is_self or not principal.has(USERS_WRITE)):
+        raise ForbiddenError(
+            "Only an administrator may change another user's "
+            + ", ".join(sorted(privileged))
+        )
+    changed = _apply(user, changes)
+    if {"role", "is_active"} & changed.keys():
+        # Outstanding tokens carry the old role or belong to a disabled account.
+        user.token_version += 1
+    if changed.get("is_active") is False:
+        await SessionRepository(session).revoke(
+            utcnow(), "deactivated", user_id=user.id
+        )
+    await session.commit()
+    return user
+
+
+async def create_user(
+    session: AsyncSession, hasher: PasswordHasher, payload: UserCreateByAdmin
+) -> User:
+    """An admin creates an account with a chosen role and status."""
+    data = payload.model_dump(exclude={"password"})
+    user = User(**data, hashed_password=await hasher.hash(payload.password))
+    return await insert_and_commit(session, user)
+
+
+async def delete_user(
+    session: AsyncSession, principal: Principal, user_id: int, *, hard: bool
+) -> None:
+    """Deactivate a user and revoke their sessions, or delete the row (`admin:all`).
+
+    Raises:
+        UserNotFoundError: Unknown user.
+        ForbiddenError: Hard delete without `admin:all`.
+        ConflictError: Deleting yourself.
+    """
+    if hard and not principal.has(ADMIN_ALL):
+        raise ForbiddenError("Hard delete needs the admin:all scope")
+    repository = UserRepository(session)
+    user = await repository.get(user_id)
+    if user is None or not principal.has(USERS_DELETE):
+        raise UserNotFoundError
+    if user.id == principal.user_id:
+        raise ConflictError("You cannot delete your own account this way")
+    if hard:
+        await repository.delete(user)
+    else:
+        user.is_active = False
+        user.token_version += 1
+        await SessionRepository(session).revoke(utcnow(), "deleted", user_id=user.id)
+    await session.commit()
+
+
+async def search_users(
+    session: AsyncSession, filters: UserFilters, *, limit: int, offset: int
+) -> tuple[Sequence[User], int]:
+    """A page of users matching `filters`, and the total."""
+    return await list_users(session, filters, limit=limit, offset=offset)
+
+
+async def change_password(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    guard: LoginGuard,
+    principal: Principal,
+    payload: PasswordChange,
+    client_ip: str | None,
+) -> int:
+    """Set a new password and revoke every other session of the caller.
+
+    Returns:
+        How many other sessions were revoked.
+
+    Raises:
+        InvalidCurrentPasswordError: `current_password` is wrong (counted as a
+            failed login, so it cannot be used to guess the password).
+    """
+    user = await get_self(session, principal)
+    account = guard.account_key(user.id, user.email)
+    await guard.check(account, client_ip)
+    valid, _ = await hasher.verify_and_update(
+        payload.current_password, user.hashed_password
+    )
+    if not valid:
+        await guard.record_failure(account, client_ip, "wrong_current_password")
+        raise InvalidCurrentPasswordError
+    user.hashed_password = await hasher.hash(payload.new_password)
+    revoked = await SessionRepository(session).revoke(
+        utcnow(),
+        "password_changed",
+        user_id=user.id,
+        keep_session_id=principal.session_id,
+    )
+    await session.commit()
+    return revoked
