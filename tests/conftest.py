@@ -23,10 +23,14 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.attempts import InMemoryLoginAttemptStore
 from app.core.config import Settings
+from app.core.scopes import Role
 from app.database import upgrade_to_head
 from app.main import create_app
-from app.models import Base
+from app.models import Base, User
+from app.schemas.user import UserCreateByAdmin
+from app.services import users as users_service
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
@@ -123,6 +127,7 @@ async def truncate_all(engine: AsyncEngine) -> None:
 async def client(app: Any, engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
     """An HTTP client on the app, starting from empty tables."""
     await truncate_all(engine)
+    app.state.login_attempts = InMemoryLoginAttemptStore()  # no lockout carried over
     transport = ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
@@ -148,3 +153,64 @@ def signup_payload() -> dict[str, Any]:
         "phone": "+44 20 7946 0000",
         "age": 36,
     }
+
+
+DEFAULT_PASSWORD = "Passw0rd-Test"
+
+
+async def make_user(
+    app: Any,
+    username: str,
+    *,
+    role: str = "user",
+    password: str = DEFAULT_PASSWORD,
+    is_active: bool = True,
+    first_name: str = "Test",
+    last_name: str = "User",
+) -> User:
+    """Create a user through the service layer (as an admin would)."""
+    payload = UserCreateByAdmin(
+        email=f"{username}@example.com",
+        username=username,
+        password=password,
+        first_name=first_name,
+        last_name=last_name,
+        role=Role(role),
+        is_active=is_active,
+    )
+    async with app.state.database.sessionmaker() as session:
+        return await users_service.create_user(
+            session, app.state.password_hasher, payload
+        )
+
+
+async def login(
+    client: AsyncClient,
+    username: str,
+    password: str = DEFAULT_PASSWORD,
+    **extra: str,
+) -> dict[str, Any]:
+    """Log in with the OAuth2 form; assert success; return the token response."""
+    response = await client.post(
+        "/api/v1/auth/login", data={"username": username, "password": password, **extra}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Authorization header for `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def alice(app: Any, client: AsyncClient) -> User:
+    """A plain user."""
+    return await make_user(app, "alice", first_name="Alice", last_name="Liddell")
+
+
+@pytest.fixture
+async def admin(app: Any, client: AsyncClient) -> User:
+    """An administrator."""
+    return await make_user(app, "root", role="admin")

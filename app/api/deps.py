@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -10,7 +11,11 @@ from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.exceptions import InsufficientScopeError, NotAuthenticatedError
+from app.core.exceptions import (
+    InsufficientScopeError,
+    InvalidTokenError,
+    NotAuthenticatedError,
+)
 from app.core.principal import Principal
 from app.core.scopes import SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
@@ -54,6 +59,8 @@ HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+security_log = logging.getLogger("app.security")
+
 oauth2_scheme = OAuth2PasswordBearer(
     tokenUrl="/api/v1/auth/login",
     scopes=SCOPE_DESCRIPTIONS,
@@ -90,12 +97,30 @@ async def get_principal(
     """
     if not token:
         raise NotAuthenticatedError
-    principal = await auth.authenticate(session, settings, token)
+    try:
+        principal = await auth.authenticate(session, settings, token)
+    except InvalidTokenError:
+        security_log.warning("invalid_token", extra=_event("invalid_token", request))
+        raise
     request.state.user_id = principal.user_id
     missing = [scope for scope in security_scopes.scopes if not principal.has(scope)]
     if missing:
+        security_log.warning(
+            "insufficient_scope",
+            extra=_event("insufficient_scope", request, missing=missing),
+        )
         raise InsufficientScopeError(" ".join(security_scopes.scopes))
     return principal
+
+
+def _event(name: str, request: Request, **fields: object) -> dict[str, object]:
+    return {
+        "event": name,
+        "client_ip": request.client.host if request.client else None,
+        "path": request.url.path,
+        "user_id": getattr(request.state, "user_id", None),
+        **fields,
+    }
 
 
 CurrentPrincipal = Annotated[Principal, Security(get_principal)]

@@ -323,6 +323,8 @@ def register_exception_handlers(app: FastAPI) -> None:
 # Responses every route may answer; routes add their own domain errors.
 ERROR_RESPONSE: dict[str, Any] = {"model": ErrorEnvelope}
 COMMON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    422: {**ERROR_RESPONSE, "description": "Validation error"},
-    500: {**ERROR_RESPONSE, "description": "Unexpected server error"},
+    400: {**ERROR_RESPONSE, "description": "MALFORMED_JSON or BAD_REQUEST"},
+    413: {**ERROR_RESPONSE, "description": "PAYLOAD_TOO_LARGE"},
+    422: {**ERROR_RESPONSE, "description": "VALIDATION_ERROR"},
+    500: {**ERROR_RESPONSE, "description": "INTERNAL_ERROR"},
 }

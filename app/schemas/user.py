@@ -95,8 +95,8 @@ class UserSignup(StrictInput):
     def _passwords_consistent(self) -> Self:
         if self.password != self.confirm_password:
             raise ValueError("Passwords do not match")
-        if self.password.lower() == self.email.lower():
-            raise ValueError("Password must not be the email address")
+        if self.email.lower() in self.password.lower():
+            raise ValueError("Password must not contain the email address")
         return self
 
 

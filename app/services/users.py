@@ -39,6 +39,14 @@ class InvalidCurrentPasswordError(AppError):
     message = "The current password is incorrect"
 
 
+class PasswordLikeEmailError(AppError):
+    """The new password contains the account's email."""
+
+    status_code = 422
+    code = "VALIDATION_ERROR"
+    message = "Invalid input"
+
+
 class UserNotFoundError(NotFoundError):
     """No such user, or the caller may not know of them."""
 
@@ -193,6 +201,12 @@ async def change_password(
     if not valid:
         await guard.record_failure(account, client_ip, "wrong_current_password")
         raise InvalidCurrentPasswordError
+    if user.email in payload.new_password.lower():
+        raise PasswordLikeEmailError(
+            details=[
+                {"field": "body.new_password", "message": "must not contain the email"}
+            ]
+        )
     user.hashed_password = await hasher.hash(payload.new_password)
     revoked = await SessionRepository(session).revoke(
         utcnow(),

@@ -8,10 +8,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.deps import DatabaseDep, SettingsDep
-from app.core.exceptions import ERROR_RESPONSE, ServiceUnavailableError
+from app.core.exceptions import (
+    COMMON_ERROR_RESPONSES,
+    ERROR_RESPONSE,
+    ServiceUnavailableError,
+)
 from app.services.health import check_readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=COMMON_ERROR_RESPONSES)
 
 
 class HealthOut(BaseModel):

@@ -1,0 +1,112 @@
+"""Failed logins lock the account (growing wait) and throttle the client IP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import time_machine
+from httpx import AsyncClient
+
+from app.core.attempts import InMemoryLoginAttemptStore
+from app.models import User
+from tests.conftest import DEFAULT_PASSWORD
+from tests.helpers import capture_logs
+
+LOGIN = "/api/v1/auth/login"
+
+
+async def attempt(
+    client: AsyncClient, username: str, password: str = "Wrong-Pass-1"
+) -> Any:
+    return await client.post(LOGIN, data={"username": username, "password": password})
+
+
+async def test_five_failures_lock_the_account(client: AsyncClient, alice: User) -> None:
+    for _ in range(4):
+        assert (await attempt(client, "alice")).status_code == 401
+    fifth = await attempt(client, "alice")
+    assert fifth.status_code == 401
+
+    locked = await attempt(client, "alice", DEFAULT_PASSWORD)  # even the right password
+
+    assert locked.status_code == 429
+    assert locked.json()["error"]["code"] == "ACCOUNT_LOCKED"
+    assert 1 <= int(locked.headers["retry-after"]) <= 60
+    # Email and username share the lock: it is keyed by the account.
+    assert (
+        await attempt(client, "alice@example.com", DEFAULT_PASSWORD)
+    ).status_code == 429
+
+
+async def test_unknown_accounts_lock_the_same_way(client: AsyncClient) -> None:
+    for _ in range(5):
+        assert (await attempt(client, "ghost")).status_code == 401
+    locked = await attempt(client, "ghost")
+    assert locked.status_code == 429
+    assert locked.json()["error"]["code"] == "ACCOUNT_LOCKED"
+    assert "retry-after" in locked.headers
+
+
+async def test_lock_expires_and_the_wait_grows(
+    client: AsyncClient, alice: User
+) -> None:
+    for _ in range(5):
+        await attempt(client, "alice")
+    with time_machine.travel(timedelta(seconds=61), tick=True):
+        sixth = await attempt(client, "alice")  # allowed again, and fails again
+        assert sixth.status_code == 401
+        relocked = await attempt(client, "alice")
+        assert relocked.status_code == 429
+        assert 60 < int(relocked.headers["retry-after"]) <= 120  # doubled
+
+
+async def test_success_resets_the_counter(client: AsyncClient, alice: User) -> None:
+    for _ in range(4):
+        await attempt(client, "alice")
+    assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 200
+    for _ in range(4):
+        assert (await attempt(client, "alice")).status_code == 401
+    assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 200
+
+
+async def test_failures_outside_the_window_are_forgotten(
+    client: AsyncClient, alice: User
+) -> None:
+    for _ in range(4):
+        await attempt(client, "alice")
+    with time_machine.travel(timedelta(minutes=16), tick=True):
+        for _ in range(4):
+            assert (await attempt(client, "alice")).status_code == 401
+        assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 200
+
+
+async def test_one_ip_failing_across_many_accounts_is_throttled(
+    app: Any, client: AsyncClient
+) -> None:
+    limit = app.state.settings.LOGIN_IP_MAX_FAILURES
+    for index in range(limit):
+        assert (await attempt(client, f"spray{index}")).status_code == 401
+    throttled = await attempt(client, "fresh-account")
+    assert throttled.status_code == 429
+    assert throttled.json()["error"]["code"] == "RATE_LIMITED"
+
+
+async def test_failures_are_logged_as_security_events_without_secrets(
+    client: AsyncClient, alice: User
+) -> None:
+    with capture_logs() as stream:
+        await attempt(client, "alice", "My-Secret-Guess-1")
+    text = stream.getvalue()
+    assert '"event":"login_failed"' in text
+    assert '"reason":"wrong_password"' in text
+    assert "My-Secret-Guess-1" not in text
+
+
+async def test_store_prunes_expired_keys() -> None:
+    store = InMemoryLoginAttemptStore(max_keys=2)
+    await store.add_failure("a", now=0, window=10)
+    await store.add_failure("b", now=0, window=10)
+    await store.add_failure("c", now=100, window=10)
+    assert (await store.get("a", 100)).failures == 0
+    assert (await store.get("c", 100)).failures == 1

@@ -1,0 +1,263 @@
+"""Refresh-token rotation, reuse detection, cookies + CSRF, logout and sessions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from httpx import AsyncClient
+
+from app.core.config import Settings
+from app.models import User
+from tests.conftest import DEFAULT_PASSWORD, bearer, login
+
+REFRESH = "/api/v1/auth/refresh"
+ME = "/api/v1/users/me"
+
+
+async def refresh(client: AsyncClient, token: str) -> Any:
+    return await client.post(REFRESH, json={"refresh_token": token})
+
+
+async def test_rotation_issues_a_new_pair_and_kills_the_old_token(
+    client: AsyncClient, alice: User
+) -> None:
+    first = await login(client, "alice")
+
+    rotated = await refresh(client, first["refresh_token"])
+
+    assert rotated.status_code == 200
+    assert rotated.headers["cache-control"] == "no-store"
+    second = rotated.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["scope"] == first["scope"]
+    assert (
+        await client.get(ME, headers=bearer(second["access_token"]))
+    ).status_code == 200
+    assert (await refresh(client, second["refresh_token"])).status_code == 200
+
+
+async def test_reuse_revokes_the_whole_family(client: AsyncClient, alice: User) -> None:
+    first = await login(client, "alice")
+    second = (await refresh(client, first["refresh_token"])).json()
+
+    reused = await refresh(client, first["refresh_token"])
+
+    assert reused.status_code == 401
+    assert reused.json()["error"]["code"] == "TOKEN_REUSED"
+    # The legitimate holder's newer tokens die with the family.
+    after = await refresh(client, second["refresh_token"])
+    assert after.json()["error"]["code"] == "INVALID_REFRESH_TOKEN"
+    assert (
+        await client.get(ME, headers=bearer(second["access_token"]))
+    ).status_code == 401
+
+
+async def test_parallel_refreshes_of_one_token_have_exactly_one_winner(
+    client: AsyncClient, alice: User
+) -> None:
+    token = (await login(client, "alice"))["refresh_token"]
+
+    responses = await asyncio.gather(*(refresh(client, token) for _ in range(10)))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] + [401] * 9
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 401} == {
+        "TOKEN_REUSED"
+    }
+
+
+async def test_unknown_refresh_token_is_401(client: AsyncClient) -> None:
+    response = await refresh(client, "x" * 43)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_idle_timeout_and_absolute_lifetime(
+    client: AsyncClient, alice: User, settings: Settings
+) -> None:
+    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    token = (await login(client, "alice"))["refresh_token"]
+    with time_machine.travel(idle + timedelta(minutes=1), tick=True):
+        assert (await refresh(client, token)).status_code == 401
+
+    token = (await login(client, "alice"))["refresh_token"]
+    lifetime = timedelta(days=settings.REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS)
+    step = idle - timedelta(hours=1)
+    elapsed = timedelta(0)
+    while elapsed + step < lifetime:  # keep it busy: only the absolute limit bites
+        elapsed += step
+        with time_machine.travel(elapsed, tick=True):
+            response = await refresh(client, token)
+            assert response.status_code == 200
+            token = response.json()["refresh_token"]
+    with time_machine.travel(lifetime + timedelta(minutes=1), tick=True):
+        assert (await refresh(client, token)).status_code == 401
+
+
+async def test_logout_kills_this_session_only(client: AsyncClient, alice: User) -> None:
+    phone = await login(client, "alice")
+    laptop = await login(client, "alice")
+
+    response = await client.post(
+        "/api/v1/auth/logout", headers=bearer(phone["access_token"])
+    )
+
+    assert response.status_code == 204
+    assert (
+        await client.get(ME, headers=bearer(phone["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, phone["refresh_token"])).status_code == 401
+    assert (
+        await client.get(ME, headers=bearer(laptop["access_token"]))
+    ).status_code == 200
+
+
+async def test_logout_all_kills_every_session(client: AsyncClient, alice: User) -> None:
+    sessions = [await login(client, "alice") for _ in range(3)]
+
+    response = await client.post(
+        "/api/v1/auth/logout-all", headers=bearer(sessions[0]["access_token"])
+    )
+
+    assert response.status_code == 204
+    for tokens in sessions:
+        assert (
+            await client.get(ME, headers=bearer(tokens["access_token"]))
+        ).status_code == 401
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 401
+
+
+async def test_sessions_are_listed_and_revocable(
+    client: AsyncClient, alice: User, admin: User
+) -> None:
+    phone = await login(client, "alice")
+    await client.post(
+        "/api/v1/auth/login",
+        data={"username": "alice", "password": DEFAULT_PASSWORD},
+        headers={"User-Agent": "LaptopBrowser/1.0"},
+    )
+    await login(client, "root")  # someone else's session is never listed
+
+    listed = await client.get(
+        "/api/v1/auth/sessions", headers=bearer(phone["access_token"])
+    )
+
+    sessions = listed.json()["data"]
+    assert len(sessions) == 2
+    assert [s["current"] for s in sessions].count(True) == 1
+    laptop = next(s for s in sessions if s["user_agent"] == "LaptopBrowser/1.0")
+    assert laptop["ip_address"] == "203.0.113.7"
+    assert {"created_at", "last_used_at", "expires_at"} <= set(laptop)
+
+    revoked = await client.delete(
+        f"/api/v1/auth/sessions/{laptop['id']}", headers=bearer(phone["access_token"])
+    )
+    again = await client.delete(
+        f"/api/v1/auth/sessions/{laptop['id']}", headers=bearer(phone["access_token"])
+    )
+    remaining = await client.get(
+        "/api/v1/auth/sessions", headers=bearer(phone["access_token"])
+    )
+
+    assert revoked.status_code == 204
+    assert again.status_code == 404
+    assert len(remaining.json()["data"]) == 1
+
+
+async def test_cannot_revoke_someone_elses_session(
+    client: AsyncClient, alice: User, admin: User
+) -> None:
+    alice_tokens = await login(client, "alice")
+    root_tokens = await login(client, "root")
+    root_sessions = await client.get(
+        "/api/v1/auth/sessions", headers=bearer(root_tokens["access_token"])
+    )
+    root_session_id = root_sessions.json()["data"][0]["id"]
+
+    response = await client.delete(
+        f"/api/v1/auth/sessions/{root_session_id}",
+        headers=bearer(alice_tokens["access_token"]),
+    )
+
+    assert response.status_code == 404
+    assert (
+        await client.get(ME, headers=bearer(root_tokens["access_token"]))
+    ).status_code == 200
+
+
+class TestCookieMode:
+    async def cookie_login(self, client: AsyncClient) -> Any:
+        response = await client.post(
+            "/api/v1/auth/login",
+            data={
+                "username": "alice",
+                "password": DEFAULT_PASSWORD,
+                "use_cookie": "true",
+            },
+        )
+        assert response.status_code == 200
+        return response
+
+    async def test_refresh_token_goes_into_a_hardened_cookie(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        response = await self.cookie_login(client)
+
+        assert "refresh_token" not in response.json()
+        cookies = response.headers.get_list("set-cookie")
+        refresh_cookie = next(c for c in cookies if c.startswith("refresh_token="))
+        lowered = refresh_cookie.lower()
+        for attribute in ("httponly", "secure", "samesite=strict", "path=/api/v1/auth"):
+            assert attribute in lowered
+        csrf_cookie = next(c for c in cookies if c.startswith("csrf_token="))
+        assert "httponly" not in csrf_cookie.lower()
+
+    async def test_cookie_refresh_requires_the_csrf_header(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        login_response = await self.cookie_login(client)
+        refresh_cookie = login_response.cookies["refresh_token"]
+        csrf = login_response.cookies["csrf_token"]
+        cookies = {"refresh_token": refresh_cookie, "csrf_token": csrf}
+
+        # httpx would not send Secure cookies over http://, so we set the header.
+        cookie_header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        missing = await client.post(REFRESH, headers={"Cookie": cookie_header})
+        wrong = await client.post(
+            REFRESH, headers={"Cookie": cookie_header, "X-CSRF-Token": "0" * 64}
+        )
+        good = await client.post(
+            REFRESH, headers={"Cookie": cookie_header, "X-CSRF-Token": csrf}
+        )
+
+        assert missing.status_code == 403
+        assert missing.json()["error"]["code"] == "CSRF_FAILED"
+        assert wrong.status_code == 403
+        assert good.status_code == 200, good.text
+        assert "refresh_token" not in good.json()
+        assert good.cookies["refresh_token"] != refresh_cookie
+
+    async def test_no_cookie_and_no_body_is_401(self, client: AsyncClient) -> None:
+        response = await client.post(REFRESH)
+        assert response.status_code == 401
+
+    async def test_logout_clears_the_cookies(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        token = (await self.cookie_login(client)).json()["access_token"]
+        response = await client.post("/api/v1/auth/logout", headers=bearer(token))
+        cleared = response.headers.get_list("set-cookie")
+        assert any(
+            c.startswith('refresh_token=""') and "Max-Age=0" in c for c in cleared
+        )
+
+
+@pytest.mark.parametrize("field", ["refresh_token", "extra"])
+async def test_refresh_body_is_strict(client: AsyncClient, field: str) -> None:
+    body = {field: 5} if field == "refresh_token" else {"extra": "x"}
+    response = await client.post(REFRESH, json=body)
+    assert response.status_code == 422

@@ -1,0 +1,324 @@
+"""The users API: profile, password change, IDOR, mass assignment, admin operations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from httpx import AsyncClient
+
+from app.models import User
+from tests.conftest import DEFAULT_PASSWORD, bearer, login, make_user
+
+USERS = "/api/v1/users"
+
+
+@pytest.fixture
+async def tokens(client: AsyncClient, alice: User, admin: User) -> dict[str, str]:
+    return {
+        "alice": (await login(client, "alice"))["access_token"],
+        "root": (await login(client, "root"))["access_token"],
+    }
+
+
+async def test_update_my_profile(client: AsyncClient, tokens: dict[str, str]) -> None:
+    response = await client.patch(
+        f"{USERS}/me",
+        json={"desired_name": "Al", "phone": "+1 555 0100", "age": 30},
+        headers=bearer(tokens["alice"]),
+    )
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert (data["desired_name"], data["phone"], data["age"]) == (
+        "Al",
+        "+1 555 0100",
+        30,
+    )
+    assert data["first_name"] == "Alice"  # untouched
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"role": "admin"},
+        {"is_active": False},
+        {"is_verified": True},
+        {"email": "x@y.z"},
+    ],
+)
+async def test_mass_assignment_on_me_is_422(
+    client: AsyncClient, tokens: dict[str, str], field: dict[str, Any]
+) -> None:
+    response = await client.patch(
+        f"{USERS}/me", json=field, headers=bearer(tokens["alice"])
+    )
+    assert response.status_code == 422
+    me = (await client.get(f"{USERS}/me", headers=bearer(tokens["alice"]))).json()[
+        "data"
+    ]
+    assert (me["role"], me["is_active"], me["is_verified"]) == ("user", True, False)
+
+
+@pytest.mark.parametrize(
+    "field", [{"role": "admin"}, {"is_active": False}, {"is_verified": True}]
+)
+async def test_nobody_changes_their_own_privileges(
+    client: AsyncClient,
+    tokens: dict[str, str],
+    alice: User,
+    admin: User,
+    field: dict[str, Any],
+) -> None:
+    for user, token in ((alice, tokens["alice"]), (admin, tokens["root"])):
+        response = await client.patch(
+            f"{USERS}/{user.id}", json=field, headers=bearer(token)
+        )
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "FORBIDDEN"
+
+
+async def test_idor_other_user_is_invisible(
+    app: Any, client: AsyncClient, tokens: dict[str, str]
+) -> None:
+    bob = await make_user(app, "bob")
+    headers = bearer(tokens["alice"])
+
+    read = await client.get(f"{USERS}/{bob.id}", headers=headers)
+    update = await client.patch(
+        f"{USERS}/{bob.id}", json={"first_name": "X"}, headers=headers
+    )
+    missing = await client.get(f"{USERS}/999999", headers=headers)
+
+    assert read.status_code == update.status_code == missing.status_code == 404
+    assert read.json()["error"] == {**read.json()["error"], "code": "NOT_FOUND"}
+    bob_token = (await login(client, "bob"))["access_token"]
+    bob_me = (await client.get(f"{USERS}/me", headers=bearer(bob_token))).json()["data"]
+    assert bob_me["first_name"] == "Test"
+
+
+async def test_moderator_reads_but_cannot_change_others(
+    app: Any, client: AsyncClient, alice: User
+) -> None:
+    await make_user(app, "mod", role="moderator")
+    token = (await login(client, "mod"))["access_token"]
+
+    read = await client.get(f"{USERS}/{alice.id}", headers=bearer(token))
+    update = await client.patch(
+        f"{USERS}/{alice.id}", json={"first_name": "X"}, headers=bearer(token)
+    )
+
+    assert read.status_code == 200
+    assert update.status_code == 403
+
+
+async def test_admin_changes_role_and_status(
+    client: AsyncClient, tokens: dict[str, str], alice: User
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{alice.id}",
+        json={"role": "moderator", "is_verified": True, "first_name": "Alicia"},
+        headers=bearer(tokens["root"]),
+    )
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert (data["role"], data["is_verified"], data["first_name"]) == (
+        "moderator",
+        True,
+        "Alicia",
+    )
+
+
+async def test_invalid_role_is_422(
+    client: AsyncClient, tokens: dict[str, str], alice: User
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{alice.id}",
+        json={"role": "superuser"},
+        headers=bearer(tokens["root"]),
+    )
+    assert response.status_code == 422
+
+
+async def test_admin_creates_user_with_role(
+    client: AsyncClient, tokens: dict[str, str]
+) -> None:
+    body = {
+        "email": "Mod@Example.com",
+        "username": "newmod",
+        "password": "Moder8tor!",
+        "first_name": "New",
+        "last_name": "Mod",
+        "role": "moderator",
+    }
+    created = await client.post(USERS, json=body, headers=bearer(tokens["root"]))
+    duplicate = await client.post(USERS, json=body, headers=bearer(tokens["root"]))
+    by_user = await client.post(
+        USERS,
+        json={**body, "email": "z@example.com", "username": "z"},
+        headers=bearer(tokens["alice"]),
+    )
+
+    assert created.status_code == 201
+    assert created.json()["data"]["role"] == "moderator"
+    assert duplicate.status_code == 409
+    assert by_user.status_code == 403
+    assert (
+        "users:read" in (await login(client, "newmod", "Moder8tor!"))["scope"].split()
+    )
+
+
+async def test_soft_delete_deactivates_and_revokes(
+    client: AsyncClient, tokens: dict[str, str], alice: User
+) -> None:
+    alice_refresh = (await login(client, "alice"))["refresh_token"]
+
+    deleted = await client.delete(f"{USERS}/{alice.id}", headers=bearer(tokens["root"]))
+    read = await client.get(f"{USERS}/{alice.id}", headers=bearer(tokens["root"]))
+
+    assert deleted.status_code == 204
+    assert read.json()["data"]["is_active"] is False
+    refresh = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": alice_refresh}
+    )
+    assert refresh.status_code == 401
+    relogin = await client.post(
+        "/api/v1/auth/login", data={"username": "alice", "password": DEFAULT_PASSWORD}
+    )
+    assert relogin.status_code == 403
+
+
+async def test_delete_rules(
+    app: Any, client: AsyncClient, tokens: dict[str, str], alice: User, admin: User
+) -> None:
+    narrow_admin = (await login(client, "root", scope="users:delete"))["access_token"]
+
+    self_delete = await client.delete(
+        f"{USERS}/{admin.id}", headers=bearer(tokens["root"])
+    )
+    hard_without_scope = await client.delete(
+        f"{USERS}/{alice.id}?hard=true", headers=bearer(narrow_admin)
+    )
+    by_user = await client.delete(
+        f"{USERS}/{admin.id}", headers=bearer(tokens["alice"])
+    )
+    missing = await client.delete(f"{USERS}/999999", headers=bearer(tokens["root"]))
+    hard = await client.delete(
+        f"{USERS}/{alice.id}?hard=true", headers=bearer(tokens["root"])
+    )
+    gone = await client.get(f"{USERS}/{alice.id}", headers=bearer(tokens["root"]))
+
+    assert self_delete.status_code == 409
+    assert hard_without_scope.status_code == 403
+    assert by_user.status_code == 403
+    assert missing.status_code == 404
+    assert hard.status_code == 204
+    assert gone.status_code == 404
+
+
+async def test_list_users_pagination_filters_and_search(
+    app: Any, client: AsyncClient, tokens: dict[str, str]
+) -> None:
+    for name in ("carol", "carla", "dave"):
+        await make_user(app, name)
+    await make_user(app, "mallory", is_active=False)
+    await make_user(app, "mod", role="moderator", first_name="Carmen")
+    headers = bearer(tokens["root"])
+
+    first = (await client.get(f"{USERS}?limit=2", headers=headers)).json()["data"]
+    second = (await client.get(f"{USERS}?limit=2&offset=2", headers=headers)).json()[
+        "data"
+    ]
+    inactive = (await client.get(f"{USERS}?is_active=false", headers=headers)).json()[
+        "data"
+    ]
+    mods = (await client.get(f"{USERS}?role=moderator", headers=headers)).json()["data"]
+    prefix = (await client.get(f"{USERS}?q=CAR", headers=headers)).json()["data"]
+    wildcard = (await client.get(f"{USERS}?q=%25", headers=headers)).json()["data"]
+
+    assert first["total"] == second["total"] == 7
+    assert len(first["items"]) == 2
+    assert first["items"][-1]["id"] < second["items"][0]["id"]
+    assert [u["username"] for u in inactive["items"]] == ["mallory"]
+    assert [u["username"] for u in mods["items"]] == ["mod"]
+    assert sorted(u["username"] for u in prefix["items"]) == ["carla", "carol", "mod"]
+    assert wildcard["total"] == 0  # % is a literal, not a wildcard
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "offset=-1", "role=root"])
+async def test_list_users_bad_query_is_422(
+    client: AsyncClient, tokens: dict[str, str], query: str
+) -> None:
+    response = await client.get(f"{USERS}?{query}", headers=bearer(tokens["root"]))
+    assert response.status_code == 422
+
+
+class TestPasswordChange:
+    async def test_changes_password_and_revokes_other_sessions(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        current = await login(client, "alice")
+        other = await login(client, "alice")
+
+        response = await client.post(
+            f"{USERS}/me/password",
+            json={
+                "current_password": DEFAULT_PASSWORD,
+                "new_password": "Brand-New-Pass-9",
+                "confirm_password": "Brand-New-Pass-9",
+            },
+            headers=bearer(current["access_token"]),
+        )
+
+        assert response.status_code == 204
+        assert (
+            await client.get(f"{USERS}/me", headers=bearer(current["access_token"]))
+        ).status_code == 200
+        assert (
+            await client.get(f"{USERS}/me", headers=bearer(other["access_token"]))
+        ).status_code == 401
+        refreshed = await client.post(
+            "/api/v1/auth/refresh", json={"refresh_token": other["refresh_token"]}
+        )
+        assert refreshed.status_code == 401
+        await login(client, "alice", "Brand-New-Pass-9")
+        old = await client.post(
+            "/api/v1/auth/login",
+            data={"username": "alice", "password": DEFAULT_PASSWORD},
+        )
+        assert old.status_code == 401
+
+    async def test_wrong_current_password_is_refused(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        token = (await login(client, "alice"))["access_token"]
+        response = await client.post(
+            f"{USERS}/me/password",
+            json={
+                "current_password": "Wrong-Pass-1",
+                "new_password": "Brand-New-Pass-9",
+                "confirm_password": "Brand-New-Pass-9",
+            },
+            headers=bearer(token),
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "INVALID_CURRENT_PASSWORD"
+        await login(client, "alice")  # unchanged
+
+    @pytest.mark.parametrize(
+        ("new", "confirm"),
+        [("weakpass", "weakpass"), ("Strong-Pass-1", "Strong-Pass-2")],
+    )
+    async def test_new_password_rules(
+        self, client: AsyncClient, alice: User, new: str, confirm: str
+    ) -> None:
+        token = (await login(client, "alice"))["access_token"]
+        response = await client.post(
+            f"{USERS}/me/password",
+            json={
+                "current_password": DEFAULT_PASSWORD,
+                "new_password": new,
+                "confirm_password": confirm,
+            },
+            headers=bearer(token),
+        )
+        assert response.status_code == 422
