@@ -11,13 +11,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.docs import install_docs
 from app.api.v1.endpoints import health
+from app.api.v1.endpoints.items import ATTACHMENT_UPLOAD_PATH
 from app.api.v1.router import api_router
+from app.api.v2.router import api_router as api_v2_router
 from app.core.attempts import InMemoryLoginAttemptStore
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
 from app.core.security import PasswordHasher
+from app.core.storage import LocalFileStorage
 from app.database import Database
 
 logger = logging.getLogger("app")
@@ -57,15 +60,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.password_hasher = PasswordHasher(settings)
     app.state.login_attempts = InMemoryLoginAttemptStore()
+    app.state.storage = LocalFileStorage(settings.STORAGE_DIR)
 
     register_exception_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router, prefix=settings.API_V1_STR)
+    app.include_router(api_v2_router, prefix="/api/v2")
     install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
 
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+        large_bodies=[
+            # Uploads may exceed the JSON limit: file size plus multipart framing.
+            (ATTACHMENT_UPLOAD_PATH, settings.ATTACHMENT_MAX_BYTES + 64 * 1024),
+        ],
         hsts=settings.ENVIRONMENT == "production",
     )
     if settings.BACKEND_CORS_ORIGINS:

@@ -19,7 +19,7 @@ os.environ.setdefault("ENVIRONMENT", "test")
 import asyncpg
 import pytest
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -96,9 +96,10 @@ async def database_url(
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
-    """Settings pointing at the run's database."""
-    return make_settings(DATABASE_URL=database_url)
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the run's database and a private file store."""
+    storage = tmp_path_factory.mktemp("attachments")
+    return make_settings(DATABASE_URL=database_url, STORAGE_DIR=str(storage))
 
 
 @pytest.fixture(scope="session")
@@ -117,9 +118,18 @@ def engine(app: Any) -> AsyncEngine:
 
 
 async def truncate_all(engine: AsyncEngine) -> None:
-    """Delete every row of every table (children first)."""
+    """Empty every table (children first).
+
+    PostgreSQL uses TRUNCATE: the audit log's trigger refuses row DELETEs, and
+    TRUNCATE is the statement a test harness (never the API) may use.
+    """
+    tables = list(reversed(Base.metadata.sorted_tables))
     async with engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
+        if connection.dialect.name == "postgresql":
+            names = ", ".join(table.name for table in tables)
+            await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            return
+        for table in tables:
             await connection.execute(delete(table))
 
 
@@ -127,6 +137,8 @@ async def truncate_all(engine: AsyncEngine) -> None:
 async def client(app: Any, engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
     """An HTTP client on the app, starting from empty tables."""
     await truncate_all(engine)
+    for stored in Path(app.state.settings.STORAGE_DIR).glob("*"):
+        stored.unlink()
     app.state.login_attempts = InMemoryLoginAttemptStore()  # no lockout carried over
     transport = ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with AsyncClient(transport=transport, base_url="http://testserver") as http:
@@ -214,3 +226,14 @@ async def alice(app: Any, client: AsyncClient) -> User:
 async def admin(app: Any, client: AsyncClient) -> User:
     """An administrator."""
     return await make_user(app, "root", role="admin")
+
+
+async def audit_rows(engine: AsyncEngine, **where: object) -> list[dict[str, Any]]:
+    """Audit rows (as dicts), oldest first, optionally filtered by column values."""
+    clauses = " AND ".join(f"{column} = :{column}" for column in where) or "1 = 1"
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            text(f"SELECT * FROM audit_log WHERE {clauses} ORDER BY id"),  # noqa: S608
+            where,
+        )
+        return [dict(row._mapping) for row in result]

@@ -19,6 +19,7 @@ from app.core.exceptions import (
 from app.core.principal import Principal
 from app.core.scopes import SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
+from app.core.storage import FileStorage
 from app.database import Database
 from app.services import auth
 from app.services.auth import ClientInfo
@@ -131,3 +132,12 @@ ClientDep = Annotated[ClientInfo, Depends(client_info)]
 def require(*scopes: str) -> Any:
     """`Security` dependency requiring every one of `scopes`; shown in OpenAPI."""
     return Security(get_principal, scopes=list(scopes))
+
+
+def get_storage(request: Request) -> FileStorage:
+    """The application's file storage."""
+    storage: FileStorage = request.app.state.storage
+    return storage
+
+
+StorageDep = Annotated[FileStorage, Depends(get_storage)]

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     READY_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
 
+    ATTACHMENT_MAX_BYTES: int = Field(default=10 * 1024 * 1024, ge=1)
+    STORAGE_DIR: str = "./data/attachments"
+    IDEMPOTENCY_TTL_HOURS: int = Field(default=24, ge=1)
+
     @field_validator("BACKEND_CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -223,6 +223,30 @@ class AccountLockedError(TooManyRequestsError):
     message = "Too many failed login attempts; try again later"
 
 
+class PreconditionFailedError(AppError):
+    """`If-Match` names a version that is no longer current."""
+
+    status_code = 412
+    code = "PRECONDITION_FAILED"
+    message = "The resource was modified since you read it; fetch it again"
+
+
+class PayloadTooLargeError(AppError):
+    """An upload is over its size limit."""
+
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+    message = "The file is too large"
+
+
+class UnsupportedMediaTypeError(AppError):
+    """The content is not of an accepted type."""
+
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    message = "This type of content is not accepted"
+
+
 class ServiceUnavailableError(AppError):
     """A dependency the request needs is down."""
 

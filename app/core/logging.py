@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The caller's address, for audit rows written deep in the service layer.
+client_ip_var: ContextVar[str | None] = ContextVar("client_ip", default=None)
 
 # Keys whose values are never written to a log, wherever they appear in `extra`.
 SENSITIVE_KEYS = frozenset(

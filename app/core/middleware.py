@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -13,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.exceptions import error_response
-from app.core.logging import request_id_var
+from app.core.logging import client_ip_var, request_id_var
 
 access_logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
@@ -68,17 +69,24 @@ class RequestContextMiddleware:
     """Give each request an id, log one access line, and never leak a traceback."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, hsts: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        large_bodies: Sequence[tuple[re.Pattern[str], int]] = (),
+        hsts: bool = False,
     ) -> None:
         """Wrap `app`.
 
         Args:
             app: The inner ASGI application.
-            max_body_bytes: Requests declaring a larger body get 413 at once.
+            max_body_bytes: Larger bodies get 413 (declared or streamed).
+            large_bodies: Paths (regex) allowed a different limit, e.g. uploads.
             hsts: Add `Strict-Transport-Security` (production behind TLS).
         """
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.large_bodies = list(large_bodies)
         self.security_headers = dict(API_SECURITY_HEADERS)
         if hsts:
             self.security_headers["Strict-Transport-Security"] = (
@@ -92,6 +100,7 @@ class RequestContextMiddleware:
             return
         request_id = _pick_request_id(scope)
         token = request_id_var.set(request_id)
+        ip_token = client_ip_var.set(_client_ip(scope))
         scope.setdefault("state", {})
         started = time.perf_counter()
         status_holder: dict[str, int] = {"status": 500}
@@ -110,12 +119,13 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            limit = self._limit_for(scope["path"])
             declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
+            if declared is not None and declared > limit:
                 response = _too_large_response()
                 await response(scope, receive, send_with_headers)
             else:
-                await self.app(scope, self._limited(receive), send_with_headers)
+                await self.app(scope, self._limited(receive, limit), send_with_headers)
         except Exception:
             error_logger.exception("unhandled exception", extra={"path": scope["path"]})
             if "started" not in status_holder:
@@ -126,8 +136,16 @@ class RequestContextMiddleware:
         finally:
             self._log_access(scope, status_holder["status"], started)
             request_id_var.reset(token)
+            client_ip_var.reset(ip_token)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limit_for(self, path: str) -> int:
+        for pattern, limit in self.large_bodies:
+            if pattern.match(path):
+                return limit
+        return self.max_body_bytes
+
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
         """Count body bytes as they arrive; a chunked body cannot dodge the limit."""
         received = 0
 
@@ -136,7 +154,7 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise StarletteHTTPException(413, TOO_LARGE_MESSAGE)
             return message
 

@@ -20,6 +20,7 @@ USERS_DELETE = "users:delete"
 ITEMS_READ = "items:read"
 ITEMS_WRITE = "items:write"
 ITEMS_DELETE = "items:delete"
+ITEMS_MODERATE = "items:moderate"
 ADMIN_ALL = "admin:all"
 
 SCOPE_DESCRIPTIONS: dict[str, str] = {
@@ -29,11 +30,12 @@ SCOPE_DESCRIPTIONS: dict[str, str] = {
     ITEMS_READ: "Read items",
     ITEMS_WRITE: "Create and update items",
     ITEMS_DELETE: "Delete items",
+    ITEMS_MODERATE: "Read and update any user's items",
     ADMIN_ALL: "Full administrative access (audit log, hard deletes)",
 }
 
 _USER = frozenset({ITEMS_READ, ITEMS_WRITE, ITEMS_DELETE})
-_MODERATOR = _USER | {USERS_READ}
+_MODERATOR = _USER | {USERS_READ, ITEMS_MODERATE}
 _ADMIN = frozenset(SCOPE_DESCRIPTIONS)
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {

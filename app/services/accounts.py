@@ -9,12 +9,14 @@ from app.core.exceptions import (
     EmailAlreadyRegisteredError,
     UsernameTakenError,
 )
+from app.core.principal import Principal
 from app.core.scopes import Role
 from app.core.security import PasswordHasher
 from app.models.user import User
 from app.repositories.errors import UniqueViolationError
 from app.repositories.users import UserRepository
 from app.schemas.user import UserSignup
+from app.services import audit
 
 _CONFLICTS: dict[str, type[AppError]] = {
     "email": EmailAlreadyRegisteredError,
@@ -53,7 +55,7 @@ async def sign_up(
         age=payload.age,
         role=Role.USER.value,
     )
-    return await insert_and_commit(session, user)
+    return await insert_and_commit(session, user, self_registered=True)
 
 
 async def create_superuser(
@@ -83,12 +85,35 @@ async def create_superuser(
     return await insert_and_commit(session, user)
 
 
-async def insert_and_commit(session: AsyncSession, user: User) -> User:
-    """Insert `user` and commit; a duplicate email or username is a 409."""
+async def insert_and_commit(
+    session: AsyncSession,
+    user: User,
+    *,
+    actor: Principal | None = None,
+    self_registered: bool = False,
+) -> User:
+    """Insert `user` with its audit row and commit; a duplicate is a 409.
+
+    Args:
+        session: The request's session.
+        user: The new account.
+        actor: Who creates it (None: the CLI, or the user signing up).
+        self_registered: The new user is their own actor (signup).
+    """
     try:
         await UserRepository(session).add(user)
     except UniqueViolationError as exc:
         await session.rollback()
         raise _CONFLICTS[exc.column]() from exc
+    audit.record(
+        session,
+        actor=actor,
+        actor_id=user.id if self_registered else None,
+        actor_name=user.display_name if self_registered else (None if actor else "cli"),
+        action="user.create",
+        entity_type="user",
+        entity_id=user.id,
+        changes=audit.diff(None, audit.snapshot(user, audit.USER_AUDITED_FIELDS)),
+    )
     await session.commit()
     return user

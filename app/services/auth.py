@@ -37,6 +37,7 @@ from app.models.base import utcnow
 from app.models.user import User
 from app.repositories.sessions import SessionRepository, load_access_state
 from app.repositories.users import UserRepository
+from app.services import audit
 from app.services.login_guard import LoginGuard
 
 security_log = logging.getLogger("app.security")
@@ -158,6 +159,26 @@ def _expired(settings: Settings, family: AuthSession, now: datetime) -> bool:
     return now >= family.expires_at or now >= family.last_used_at + idle
 
 
+def _audit_revocation(
+    session: AsyncSession,
+    principal: Principal | None,
+    session_id: str,
+    reason: str,
+    *,
+    user_id: int | None = None,
+) -> None:
+    audit.record(
+        session,
+        actor=principal,
+        actor_id=user_id,
+        actor_name=None if principal else "system",
+        action="session.revoke",
+        entity_type="auth_session",
+        entity_id=session_id,
+        changes={"revoked_reason": {"old": None, "new": reason}},
+    )
+
+
 async def _revoke_for_reuse(
     session: AsyncSession, user_id: int, family_id: str
 ) -> None:
@@ -165,6 +186,7 @@ async def _revoke_for_reuse(
     await repository.revoke(
         utcnow(), "token_reuse", user_id=user_id, session_id=family_id
     )
+    _audit_revocation(session, None, family_id, "token_reuse", user_id=user_id)
     await session.commit()
     security_log.warning(
         "refresh_token_reuse",
@@ -190,11 +212,15 @@ async def refresh(
         raise InvalidRefreshTokenError
     token, family = found
     now = utcnow()
+    if token.rotated_at is not None:
+        # A rotated token is reuse whatever the family's state; revoke once.
+        if family.revoked_at is None:
+            await _revoke_for_reuse(session, family.user_id, family.id)
+        raise TokenReusedError
     if family.revoked_at is not None or _expired(settings, family, now):
         raise InvalidRefreshTokenError
-    if token.rotated_at is not None or not await repository.claim_rotation(
-        token.id, now
-    ):
+    if not await repository.claim_rotation(token.id, now):
+        # Lost the race to rotate this very token: someone else presented it too.
         await _revoke_for_reuse(session, family.user_id, family.id)
         raise TokenReusedError
     user = await UserRepository(session).get(family.user_id)
@@ -236,6 +262,7 @@ async def logout(session: AsyncSession, principal: Principal) -> None:
             user_id=principal.user_id,
             session_id=principal.session_id,
         )
+        _audit_revocation(session, principal, principal.session_id, "logout")
         await session.commit()
 
 
@@ -247,6 +274,14 @@ async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
     user = await UserRepository(session).get(principal.user_id)
     if user is not None:
         user.token_version += 1
+    audit.record(
+        session,
+        actor=principal,
+        action="session.revoke_all",
+        entity_type="user",
+        entity_id=principal.user_id,
+        changes={"sessions_revoked": {"old": None, "new": count}},
+    )
     await session.commit()
     return count
 
@@ -271,6 +306,7 @@ async def revoke_session(
     )
     if revoked == 0:
         raise NotFoundError("Session not found")
+    _audit_revocation(session, principal, session_id, "revoked_by_user")
     await session.commit()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +28,7 @@ from app.schemas.user import (
     UserFilters,
     UserUpdate,
 )
+from app.services import audit
 from app.services.accounts import insert_and_commit
 from app.services.login_guard import LoginGuard
 
@@ -88,12 +90,33 @@ def _apply(user: User, changes: dict[str, object]) -> dict[str, object]:
     return changed
 
 
+def _audit_user(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    user: User,
+    before: dict[str, Any] | None,
+    **extra: dict[str, Any],
+) -> None:
+    after = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
+    audit.record(
+        session,
+        actor=principal,
+        action=action,
+        entity_type="user",
+        entity_id=user.id,
+        changes={**audit.diff(before, after), **extra},
+    )
+
+
 async def update_profile(
     session: AsyncSession, principal: Principal, payload: ProfileUpdate
 ) -> User:
     """Change the caller's own profile fields."""
     user = await get_self(session, principal)
-    _apply(user, payload.model_dump(exclude_unset=True))
+    before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
+    if _apply(user, payload.model_dump(exclude_unset=True)):
+        _audit_user(session, principal, "user.update", user, before)
     await session.commit()
     return user
 
@@ -120,25 +143,35 @@ async def update_user(
             "Only an administrator may change another user's "
             + ", ".join(sorted(privileged))
         )
+    before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     changed = _apply(user, changes)
+    if not changed:
+        return user
     if {"role", "is_active"} & changed.keys():
         # Outstanding tokens carry the old role or belong to a disabled account.
         user.token_version += 1
+    revoked: dict[str, dict[str, object]] = {}
     if changed.get("is_active") is False:
-        await SessionRepository(session).revoke(
+        count = await SessionRepository(session).revoke(
             utcnow(), "deactivated", user_id=user.id
         )
+        revoked = {"sessions_revoked": {"old": None, "new": count}}
+    action = "user.role_change" if "role" in changed else "user.update"
+    _audit_user(session, principal, action, user, before, **revoked)
     await session.commit()
     return user
 
 
 async def create_user(
-    session: AsyncSession, hasher: PasswordHasher, payload: UserCreateByAdmin
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    payload: UserCreateByAdmin,
+    principal: Principal | None = None,
 ) -> User:
     """An admin creates an account with a chosen role and status."""
     data = payload.model_dump(exclude={"password"})
     user = User(**data, hashed_password=await hasher.hash(payload.password))
-    return await insert_and_commit(session, user)
+    return await insert_and_commit(session, user, actor=principal)
 
 
 async def delete_user(
@@ -159,12 +192,31 @@ async def delete_user(
         raise UserNotFoundError
     if user.id == principal.user_id:
         raise ConflictError("You cannot delete your own account this way")
+    before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     if hard:
         await repository.delete(user)
+        audit.record(
+            session,
+            actor=principal,
+            action="user.delete",
+            entity_type="user",
+            entity_id=user_id,
+            changes=audit.diff(before, None),
+        )
     else:
         user.is_active = False
         user.token_version += 1
-        await SessionRepository(session).revoke(utcnow(), "deleted", user_id=user.id)
+        count = await SessionRepository(session).revoke(
+            utcnow(), "deleted", user_id=user.id
+        )
+        _audit_user(
+            session,
+            principal,
+            "user.deactivate",
+            user,
+            before,
+            sessions_revoked={"old": None, "new": count},
+        )
     await session.commit()
 
 
@@ -207,12 +259,21 @@ async def change_password(
                 {"field": "body.new_password", "message": "must not contain the email"}
             ]
         )
+    before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = await hasher.hash(payload.new_password)
     revoked = await SessionRepository(session).revoke(
         utcnow(),
         "password_changed",
         user_id=user.id,
         keep_session_id=principal.session_id,
+    )
+    _audit_user(
+        session,
+        principal,
+        "user.password_change",
+        user,
+        before,
+        sessions_revoked={"old": None, "new": revoked},
     )
     await session.commit()
     return revoked

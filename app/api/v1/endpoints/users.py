@@ -120,7 +120,7 @@ async def create_user(
     principal: Annotated[Principal, require(USERS_WRITE)],
 ) -> Envelope[UserPublic]:
     """Create an account with a chosen role and status."""
-    user = await users.create_user(session, hasher, payload)
+    user = await users.create_user(session, hasher, payload, principal)
     return Envelope(data=UserPublic.model_validate(user))
 
 

@@ -1,0 +1,308 @@
+"""Items: the example owned resource (CRUD, lists, ETags, idempotency, files)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, Query, Response, UploadFile, status
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep, require
+from app.api.item_params import CursorParam, ItemFiltersDep, Limit
+from app.core.conditional import etag, parse_if_match
+from app.core.exceptions import ERROR_RESPONSE
+from app.core.principal import Principal
+from app.core.scopes import (
+    ITEMS_DELETE,
+    ITEMS_MODERATE,
+    ITEMS_READ,
+    ITEMS_WRITE,
+    USERS_READ,
+)
+from app.schemas.envelope import Envelope, Page
+from app.schemas.item import (
+    AttachmentPublic,
+    ItemBulkCreate,
+    ItemCreate,
+    ItemPublic,
+    ItemUpdate,
+)
+from app.services import attachments, idempotency, items
+from app.services.attachments import Upload
+
+router = APIRouter(tags=["items"])
+
+ATTACHMENT_UPLOAD_PATH = re.compile(r"^/api/v1/items/\d+/attachments$")
+SUCCESSOR = "/api/v2/items"
+# RFC 9745 / RFC 8594: deprecated since this release, removed no sooner than this.
+DEPRECATION = "@1795737600"  # 2026-11-26T00:00:00Z
+SUNSET = "Sat, 30 May 2027 00:00:00 GMT"
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {**ERROR_RESPONSE, "description": "Not authenticated"},
+    403: {**ERROR_RESPONSE, "description": "Missing scope, or not allowed"},
+    404: {**ERROR_RESPONSE, "description": "Item not found (or not yours)"},
+}
+CONDITIONAL_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    409: {**ERROR_RESPONSE, "description": "Modified concurrently (no If-Match)"},
+    412: {**ERROR_RESPONSE, "description": "PRECONDITION_FAILED: stale If-Match"},
+}
+IfMatchHeader = Annotated[
+    str | None,
+    Header(alias="If-Match", description="ETag from GET; 412 when it is stale"),
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Replays the first answer for the same key and body (24 h)",
+    ),
+]
+Reader = Annotated[Principal, require(ITEMS_READ)]
+Writer = Annotated[Principal, require(ITEMS_WRITE)]
+
+
+def _page(found: items.ItemPage, limit: int, offset: int) -> Envelope[Page[ItemPublic]]:
+    page: Page[ItemPublic] = Page(
+        items=[ItemPublic.model_validate(item) for item in found.items],
+        total=found.total,
+        limit=limit,
+        offset=offset,
+        next_cursor=found.next_cursor,
+    )
+    return Envelope(data=page)
+
+
+@router.post(
+    "/items",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an item",
+    responses={
+        **ERRORS,
+        422: {
+            **ERROR_RESPONSE,
+            "description": "VALIDATION_ERROR, IDEMPOTENCY_KEY_REUSED",
+        },
+    },
+)
+async def create_item(
+    payload: ItemCreate,
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Envelope[ItemPublic]:
+    """Create an item owned by the caller; with `Idempotency-Key`, safely retried."""
+    request = None
+    if idempotency_key is not None:
+        request = idempotency.IdempotentRequest(
+            user_id=principal.user_id,
+            scope="POST /items",
+            key=idempotency_key,
+            fingerprint=idempotency.fingerprint(payload.model_dump(mode="json")),
+            ttl=timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
+        )
+    created = await items.create_item(session, principal, payload, request)
+    response.headers["ETag"] = etag(created.item.version)
+    response.headers["Location"] = f"/api/v1/items/{created.item.id}"
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return Envelope(data=created.item)
+
+
+@router.post(
+    "/items/bulk",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create up to 100 items at once (all or nothing)",
+    responses=ERRORS,
+)
+async def create_items(
+    payload: ItemBulkCreate, principal: Writer, session: SessionDep
+) -> Envelope[list[ItemPublic]]:
+    """Create every item in one transaction, or none when one is invalid."""
+    created = await items.create_items(session, principal, payload.items)
+    return Envelope(data=[ItemPublic.model_validate(item) for item in created])
+
+
+@router.get(
+    "/items", summary="List my items (deprecated: use /api/v2/items)", responses=ERRORS
+)
+async def list_my_items(
+    principal: Reader,
+    session: SessionDep,
+    filters: ItemFiltersDep,
+    response: Response,
+    limit: Limit = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: CursorParam = None,
+) -> Envelope[Page[ItemPublic]]:
+    """The caller's items, with `total`; `offset` paging or keyset `cursor`."""
+    found = await items.list_items(
+        session, principal.user_id, filters, limit=limit, offset=offset, cursor=cursor
+    )
+    response.headers["Deprecation"] = DEPRECATION
+    response.headers["Sunset"] = SUNSET
+    response.headers["Link"] = f'<{SUCCESSOR}>; rel="successor-version"'
+    return _page(found, limit, offset)
+
+
+@router.get(
+    "/users/{user_id}/items",
+    summary="List a user's items (moderators, admins)",
+    responses=ERRORS,
+)
+async def list_user_items(
+    user_id: int,
+    principal: Annotated[Principal, require(ITEMS_READ, ITEMS_MODERATE, USERS_READ)],
+    session: SessionDep,
+    filters: ItemFiltersDep,
+    limit: Limit = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    cursor: CursorParam = None,
+) -> Envelope[Page[ItemPublic]]:
+    """Any user's items, for moderation."""
+    found = await items.list_items(
+        session, user_id, filters, limit=limit, offset=offset, cursor=cursor
+    )
+    return _page(found, limit, offset)
+
+
+@router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)
+async def read_item(
+    item_id: int, principal: Reader, session: SessionDep, response: Response
+) -> Envelope[ItemPublic]:
+    """An item, with its `ETag` for a later conditional PATCH or DELETE."""
+    item = await items.get_item(session, principal, item_id)
+    response.headers["ETag"] = etag(item.version)
+    return Envelope(data=ItemPublic.model_validate(item))
+
+
+@router.patch(
+    "/items/{item_id}", summary="Update an item", responses=CONDITIONAL_ERRORS
+)
+async def update_item(
+    item_id: int,
+    payload: ItemUpdate,
+    principal: Writer,
+    session: SessionDep,
+    response: Response,
+    if_match: IfMatchHeader = None,
+) -> Envelope[ItemPublic]:
+    """Change an item; send `If-Match` to be told (412) if someone else changed it."""
+    item = await items.update_item(
+        session, principal, item_id, payload, parse_if_match(if_match)
+    )
+    response.headers["ETag"] = etag(item.version)
+    return Envelope(data=ItemPublic.model_validate(item))
+
+
+@router.delete(
+    "/items/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an item",
+    responses=CONDITIONAL_ERRORS,
+)
+async def delete_item(
+    item_id: int,
+    principal: Annotated[Principal, require(ITEMS_DELETE)],
+    session: SessionDep,
+    storage: StorageDep,
+    if_match: IfMatchHeader = None,
+) -> None:
+    """Delete an item and its files (owner, or an administrator)."""
+    await items.delete_item(
+        session, principal, storage, item_id, parse_if_match(if_match)
+    )
+
+
+@router.post(
+    "/items/{item_id}/attachments",
+    status_code=status.HTTP_201_CREATED,
+    summary="Attach a file",
+    responses={
+        **ERRORS,
+        413: {**ERROR_RESPONSE, "description": "File over ATTACHMENT_MAX_BYTES"},
+        415: {**ERROR_RESPONSE, "description": "Not an accepted type (by content)"},
+    },
+)
+async def upload_attachment(
+    item_id: int,
+    file: UploadFile,
+    principal: Writer,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> Envelope[AttachmentPublic]:
+    """Upload a file (multipart field `file`); its type is read from its bytes."""
+    upload = Upload(file=file.file, filename=file.filename, size=file.size or 0)
+    attachment = await attachments.attach(
+        session, principal, storage, item_id, upload, settings.ATTACHMENT_MAX_BYTES
+    )
+    return Envelope(data=AttachmentPublic.model_validate(attachment))
+
+
+@router.get(
+    "/items/{item_id}/attachments", summary="List an item's files", responses=ERRORS
+)
+async def list_attachments(
+    item_id: int, principal: Reader, session: SessionDep
+) -> Envelope[list[AttachmentPublic]]:
+    """Metadata of every file attached to the item."""
+    found = await attachments.list_attachments(session, principal, item_id)
+    return Envelope(data=[AttachmentPublic.model_validate(a) for a in found])
+
+
+@router.get(
+    "/items/{item_id}/attachments/{attachment_id}",
+    summary="Download a file",
+    response_class=StreamingResponse,
+    responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+)
+async def download_attachment(
+    item_id: int,
+    attachment_id: int,
+    principal: Reader,
+    session: SessionDep,
+    storage: StorageDep,
+) -> StreamingResponse:
+    """Stream the file, as an attachment (never rendered inline)."""
+    found = await attachments.download(
+        session, principal, storage, item_id, attachment_id
+    )
+    meta = found.attachment
+    disposition = f"attachment; filename=\"{meta.filename}\"; filename*=UTF-8''{quote(meta.filename)}"
+    return StreamingResponse(
+        found.chunks,
+        media_type=meta.content_type,
+        headers={
+            "Content-Length": str(meta.size),
+            "Content-Disposition": disposition,
+            "ETag": f'"{meta.sha256}"',
+            "Cache-Control": "private, no-cache",
+        },
+    )
+
+
+@router.delete(
+    "/items/{item_id}/attachments/{attachment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a file",
+    responses=ERRORS,
+)
+async def delete_attachment(
+    item_id: int,
+    attachment_id: int,
+    principal: Annotated[Principal, require(ITEMS_DELETE)],
+    session: SessionDep,
+    storage: StorageDep,
+) -> None:
+    """Remove the file and its metadata."""
+    await attachments.remove(session, principal, storage, item_id, attachment_id)

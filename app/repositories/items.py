@@ -1,0 +1,120 @@
+"""Queries of items and attachments. Flush, never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.pagination import Cursor
+from app.models.item import Attachment, Item
+from app.schemas.item import ItemFilters, SortField, SortOrder
+
+SORT_COLUMNS: dict[SortField, Any] = {
+    SortField.CREATED_AT: Item.created_at,
+    SortField.UPDATED_AT: Item.updated_at,
+    SortField.TITLE: Item.title,
+}
+
+
+def _escape_like(text: str) -> str:
+    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _conditions(owner_id: int, filters: ItemFilters) -> list[ColumnElement[bool]]:
+    conditions = [Item.owner_id == owner_id]
+    if filters.status is not None:
+        conditions.append(Item.status == filters.status.value)
+    if filters.created_after is not None:
+        conditions.append(Item.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(Item.created_at < filters.created_before)
+    if filters.search:
+        pattern = f"%{_escape_like(filters.search)}%"
+        conditions.append(func.lower(Item.title).like(pattern, escape="\\"))
+    return conditions
+
+
+def _ordered(statement: Select[Any], filters: ItemFilters) -> Select[Any]:
+    column = SORT_COLUMNS[filters.sort]
+    if filters.order is SortOrder.DESC:
+        return statement.order_by(column.desc(), Item.id.desc())
+    return statement.order_by(column.asc(), Item.id.asc())
+
+
+def _after(cursor: Cursor, filters: ItemFilters) -> ColumnElement[bool]:
+    column = SORT_COLUMNS[filters.sort]
+    key = tuple_(column, Item.id)
+    # Typed literals: the value is bound exactly as the column stores it.
+    position = tuple_(literal(cursor.value, column.type), literal(cursor.last_id))
+    return key < position if filters.order is SortOrder.DESC else key > position
+
+
+def cursor_after(item: Item, filters: ItemFilters) -> Cursor:
+    """The cursor that continues after `item` in this ordering."""
+    return Cursor(
+        filters.sort.value,
+        filters.order.value,
+        getattr(item, filters.sort.value),
+        item.id,
+    )
+
+
+class ItemRepository:
+    """Load and store items."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Bind to the request's session."""
+        self.session = session
+
+    async def get(self, item_id: int) -> Item | None:
+        """The item with this id, or None."""
+        return await self.session.get(Item, item_id)
+
+    async def add_all(self, items: Sequence[Item]) -> None:
+        """Insert items and flush (ids are assigned)."""
+        self.session.add_all(items)
+        await self.session.flush()
+
+    async def delete(self, item: Item) -> None:
+        """Delete the row (its attachments' rows cascade)."""
+        await self.session.delete(item)
+        await self.session.flush()
+
+    async def page(
+        self,
+        owner_id: int,
+        filters: ItemFilters,
+        *,
+        limit: int,
+        offset: int = 0,
+        cursor: Cursor | None = None,
+    ) -> Sequence[Item]:
+        """One page of an owner's items in one statement, whatever its size.
+
+        With a cursor, keyset pagination (stable under inserts and deletes, cost
+        independent of depth); otherwise limit/offset.
+        """
+        statement = select(Item).where(*_conditions(owner_id, filters))
+        if cursor is not None:
+            statement = statement.where(_after(cursor, filters))
+        else:
+            statement = statement.offset(offset)
+        statement = _ordered(statement, filters).limit(limit)
+        return (await self.session.execute(statement)).scalars().all()
+
+    async def count(self, owner_id: int, filters: ItemFilters) -> int:
+        """How many of an owner's items match the filters."""
+        statement = (
+            select(func.count())
+            .select_from(Item)
+            .where(*_conditions(owner_id, filters))
+        )
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def attachment_keys(self, item_id: int) -> list[str]:
+        """Storage keys of an item's attachments (to remove the files)."""
+        statement = select(Attachment.storage_key).where(Attachment.item_id == item_id)
+        return list((await self.session.execute(statement)).scalars().all())

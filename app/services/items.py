@@ -1,0 +1,276 @@
+"""Item rules: ownership, optimistic concurrency, idempotent creates, audit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from app.core.conditional import IfMatch
+from app.core.exceptions import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PreconditionFailedError,
+)
+from app.core.pagination import Cursor
+from app.core.principal import Principal
+from app.core.scopes import ADMIN_ALL, ITEMS_MODERATE
+from app.core.storage import FileStorage
+from app.models.base import utcnow
+from app.models.item import Item
+from app.repositories.idempotency import DuplicateKeyError
+from app.repositories.items import ItemRepository, cursor_after
+from app.schemas.item import ItemCreate, ItemFilters, ItemPublic, ItemUpdate, SortField
+from app.services import audit, idempotency
+from app.services.idempotency import IdempotentRequest
+
+ITEM_AUDITED_FIELDS = ("title", "description", "status", "owner_id")
+
+
+class ItemNotFoundError(NotFoundError):
+    """No such item, or not one the caller may see."""
+
+    message = "Item not found"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedItem:
+    """A created (or replayed) item."""
+
+    item: ItemPublic
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPage:
+    """One page of items, and where the next one starts."""
+
+    items: Sequence[Item]
+    total: int | None
+    next_cursor: str | None
+
+
+def _new_item(principal: Principal, payload: ItemCreate) -> Item:
+    now = utcnow()
+    name = principal.display_name
+    return Item(
+        title=payload.title,
+        description=payload.description,
+        status=payload.status.value,
+        owner_id=principal.user_id,
+        created_by_id=principal.user_id,
+        created_by_name=name,
+        updated_by_id=principal.user_id,
+        updated_by_name=name,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _audit(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    item_id: int,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> None:
+    audit.record(
+        session,
+        actor=principal,
+        action=action,
+        entity_type="item",
+        entity_id=item_id,
+        changes=audit.diff(before, after),
+    )
+
+
+def _snapshot(item: Item) -> dict[str, Any]:
+    return audit.snapshot(item, ITEM_AUDITED_FIELDS)
+
+
+async def create_item(
+    session: AsyncSession,
+    principal: Principal,
+    payload: ItemCreate,
+    request: IdempotentRequest | None = None,
+) -> CreatedItem:
+    """Create an item owned by the caller, with its audit row, in one commit.
+
+    With an `Idempotency-Key`, the first answer is stored in the same
+    transaction and replayed for the same key and body.
+
+    Raises:
+        IdempotencyKeyReusedError: The key was used with another body.
+    """
+    if request is not None:
+        stored = await idempotency.stored_answer(session, request)
+        if stored is not None:
+            return CreatedItem(ItemPublic.model_validate(stored), replayed=True)
+    item = _new_item(principal, payload)
+    await ItemRepository(session).add_all([item])
+    _audit(session, principal, "item.create", item.id, None, _snapshot(item))
+    public = ItemPublic.model_validate(item)
+    if request is not None:
+        try:
+            await idempotency.remember(
+                session, request, 201, public.model_dump(mode="json")
+            )
+        except DuplicateKeyError:
+            # A concurrent request with this key won: answer what it answered.
+            await session.rollback()
+            return await create_item(session, principal, payload, request)
+    await session.commit()
+    return CreatedItem(public, replayed=False)
+
+
+async def create_items(
+    session: AsyncSession, principal: Principal, payloads: Sequence[ItemCreate]
+) -> list[Item]:
+    """Create several items in one transaction: all of them or none."""
+    items = [_new_item(principal, payload) for payload in payloads]
+    await ItemRepository(session).add_all(items)
+    for item in items:
+        _audit(session, principal, "item.create", item.id, None, _snapshot(item))
+    await session.commit()
+    return items
+
+
+def _can_see(principal: Principal, item: Item) -> bool:
+    return item.owner_id == principal.user_id or principal.has(ITEMS_MODERATE)
+
+
+async def get_item(session: AsyncSession, principal: Principal, item_id: int) -> Item:
+    """An item the caller may see: their own, or any with `items:moderate`.
+
+    Raises:
+        ItemNotFoundError: Missing or invisible (no existence leak).
+    """
+    item = await ItemRepository(session).get(item_id)
+    if item is None or not _can_see(principal, item):
+        raise ItemNotFoundError
+    return item
+
+
+def _check_precondition(item: Item, if_match: IfMatch | None) -> None:
+    if if_match is not None and not if_match.matches(item.version):
+        raise PreconditionFailedError
+
+
+async def update_item(
+    session: AsyncSession,
+    principal: Principal,
+    item_id: int,
+    payload: ItemUpdate,
+    if_match: IfMatch | None,
+) -> Item:
+    """Change an item (owner, or `items:moderate`), bumping its version.
+
+    The UPDATE only matches the version that was read, so of two racing
+    writers one wins and the other is told, never silently overwritten.
+
+    Raises:
+        ItemNotFoundError: Missing or invisible.
+        PreconditionFailedError: `If-Match` is stale (or lost a race).
+        ConflictError: Lost a race without `If-Match`.
+    """
+    item = await get_item(session, principal, item_id)
+    _check_precondition(item, if_match)
+    changes = payload.model_dump(exclude_unset=True, mode="json")
+    changes = {
+        field: value
+        for field, value in changes.items()
+        if getattr(item, field) != value
+    }
+    if not changes:
+        return item
+    before = _snapshot(item)
+    for field, value in changes.items():
+        setattr(item, field, value)
+    item.updated_by_id = principal.user_id
+    item.updated_by_name = principal.display_name
+    item.updated_at = utcnow()
+    try:
+        await session.flush()
+    except StaleDataError as exc:
+        await session.rollback()
+        raise _lost_race(if_match) from exc
+    _audit(session, principal, "item.update", item.id, before, _snapshot(item))
+    await session.commit()
+    return item
+
+
+def _lost_race(if_match: IfMatch | None) -> Exception:
+    if if_match is not None:
+        return PreconditionFailedError()
+    return ConflictError("The item was modified concurrently; fetch it and retry")
+
+
+async def delete_item(
+    session: AsyncSession,
+    principal: Principal,
+    storage: FileStorage,
+    item_id: int,
+    if_match: IfMatch | None,
+) -> None:
+    """Delete an item (owner, or `admin:all`) with its attachments.
+
+    Raises:
+        ItemNotFoundError: Missing or invisible.
+        ForbiddenError: Visible (moderator) but not deletable.
+        PreconditionFailedError: `If-Match` is stale.
+    """
+    item = await get_item(session, principal, item_id)
+    if item.owner_id != principal.user_id and not principal.has(ADMIN_ALL):
+        raise ForbiddenError("Only the owner or an administrator may delete this item")
+    _check_precondition(item, if_match)
+    repository = ItemRepository(session)
+    keys = await repository.attachment_keys(item.id)
+    before = _snapshot(item)
+    try:
+        await repository.delete(item)
+    except StaleDataError as exc:
+        await session.rollback()
+        raise _lost_race(if_match) from exc
+    _audit(session, principal, "item.delete", item_id, before, None)
+    await session.commit()
+    for key in keys:  # after the commit: a failed commit must not lose files
+        await storage.delete(key)
+
+
+async def list_items(
+    session: AsyncSession,
+    owner_id: int,
+    filters: ItemFilters,
+    *,
+    limit: int,
+    offset: int = 0,
+    cursor: str | None = None,
+    with_total: bool = True,
+) -> ItemPage:
+    """A page of an owner's items: two statements at most, whatever the size.
+
+    Raises:
+        InvalidCursorError: The cursor is malformed or for another ordering.
+    """
+    position = None
+    if cursor is not None:
+        position = Cursor.decode(
+            cursor,
+            sort=filters.sort.value,
+            order=filters.order.value,
+            is_time=filters.sort is not SortField.TITLE,
+        )
+    repository = ItemRepository(session)
+    # One extra row tells whether another page follows, without a second query.
+    rows = await repository.page(
+        owner_id, filters, limit=limit + 1, offset=offset, cursor=position
+    )
+    items, more = rows[:limit], len(rows) > limit
+    next_cursor = cursor_after(items[-1], filters).encode() if more else None
+    total = await repository.count(owner_id, filters) if with_total else None
+    return ItemPage(items=items, total=total, next_cursor=next_cursor)

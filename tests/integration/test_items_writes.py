@@ -1,0 +1,312 @@
+"""Idempotent creates, bulk creates and attachments."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import time_machine
+from httpx import ASGITransport, AsyncClient
+
+from app.core.config import Settings
+from app.main import create_app
+from app.models import User
+from tests.conftest import bearer, login, make_settings, make_user
+
+ITEMS = "/api/v1/items"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PDF = b"%PDF-1.7\n" + b"1 0 obj\n" * 8
+
+
+@pytest.fixture
+async def token(client: AsyncClient, alice: User) -> str:
+    return str((await login(client, "alice"))["access_token"])
+
+
+async def count_items(client: AsyncClient, token: str) -> int:
+    response = await client.get(ITEMS, headers=bearer(token))
+    total: int = response.json()["data"]["total"]
+    return total
+
+
+class TestIdempotency:
+    async def test_same_key_and_body_replays_the_first_answer(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        headers = {**bearer(token), "Idempotency-Key": "order-42"}
+        first = await client.post(ITEMS, json={"title": "once"}, headers=headers)
+        second = await client.post(ITEMS, json={"title": "once"}, headers=headers)
+
+        assert first.status_code == second.status_code == 201
+        assert second.json() == first.json()
+        assert second.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+        assert second.headers["etag"] == first.headers["etag"]
+        assert await count_items(client, token) == 1
+
+    async def test_same_key_other_body_is_422(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        headers = {**bearer(token), "Idempotency-Key": "k1"}
+        await client.post(ITEMS, json={"title": "a"}, headers=headers)
+        response = await client.post(ITEMS, json={"title": "b"}, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+        assert await count_items(client, token) == 1
+
+    async def test_keys_are_per_user(
+        self, app: Any, client: AsyncClient, token: str
+    ) -> None:
+        await make_user(app, "bob")
+        bob = (await login(client, "bob"))["access_token"]
+        for who in (token, bob):
+            response = await client.post(
+                ITEMS,
+                json={"title": "a"},
+                headers={**bearer(who), "Idempotency-Key": "same"},
+            )
+            assert "idempotent-replayed" not in response.headers
+        assert await count_items(client, token) == await count_items(client, bob) == 1
+
+    async def test_concurrent_retries_create_one_item(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        headers = {**bearer(token), "Idempotency-Key": "burst"}
+        responses = await asyncio.gather(
+            *(
+                client.post(ITEMS, json={"title": "burst"}, headers=headers)
+                for _ in range(5)
+            )
+        )
+        assert {r.status_code for r in responses} == {201}
+        assert len({r.json()["data"]["id"] for r in responses}) == 1
+        assert await count_items(client, token) == 1
+
+    async def test_key_expires_after_a_day(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        headers = {**bearer(token), "Idempotency-Key": "daily"}
+        await client.post(ITEMS, json={"title": "a"}, headers=headers)
+        with time_machine.travel(timedelta(hours=25), tick=True):
+            fresh = (await login(client, "alice"))["access_token"]
+            again = await client.post(
+                ITEMS,
+                json={"title": "a"},
+                headers={**bearer(fresh), "Idempotency-Key": "daily"},
+            )
+        assert again.status_code == 201
+        assert "idempotent-replayed" not in again.headers
+        assert await count_items(client, token) == 2
+
+    @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "tab\there"])
+    async def test_bad_keys_are_422(
+        self, client: AsyncClient, token: str, key: str
+    ) -> None:
+        response = await client.post(
+            ITEMS,
+            json={"title": "a"},
+            headers={**bearer(token), "Idempotency-Key": key},
+        )
+        assert response.status_code == 422
+
+
+class TestBulk:
+    async def test_creates_all(self, client: AsyncClient, token: str) -> None:
+        response = await client.post(
+            f"{ITEMS}/bulk",
+            json={"items": [{"title": f"b{i}"} for i in range(100)]},
+            headers=bearer(token),
+        )
+        assert response.status_code == 201
+        assert len(response.json()["data"]) == 100
+        assert await count_items(client, token) == 100
+
+    @pytest.mark.parametrize(
+        "items",
+        [
+            [{"title": "ok"}, {"title": ""}, {"title": "ok too"}],
+            [{"title": "ok"}, {"title": "x", "owner_id": 1}],
+            [{"title": f"b{i}"} for i in range(101)],
+            [],
+        ],
+    )
+    async def test_one_invalid_item_means_none_are_created(
+        self, client: AsyncClient, token: str, items: list[dict[str, Any]]
+    ) -> None:
+        response = await client.post(
+            f"{ITEMS}/bulk", json={"items": items}, headers=bearer(token)
+        )
+        assert response.status_code == 422
+        assert await count_items(client, token) == 0
+
+
+class TestAttachments:
+    async def upload(
+        self,
+        client: AsyncClient,
+        token: str,
+        item_id: int,
+        name: str,
+        data: bytes,
+        declared: str = "application/octet-stream",
+    ) -> Any:
+        return await client.post(
+            f"{ITEMS}/{item_id}/attachments",
+            files={"file": (name, data, declared)},
+            headers=bearer(token),
+        )
+
+    async def item(self, client: AsyncClient, token: str) -> int:
+        response = await client.post(
+            ITEMS, json={"title": "with files"}, headers=bearer(token)
+        )
+        item_id: int = response.json()["data"]["id"]
+        return item_id
+
+    async def test_upload_download_delete(
+        self, client: AsyncClient, token: str, settings: Settings
+    ) -> None:
+        item_id = await self.item(client, token)
+        uploaded = await self.upload(
+            client, token, item_id, "report.pdf", PDF, "text/plain"
+        )
+
+        assert uploaded.status_code == 201
+        meta = uploaded.json()["data"]
+        assert (meta["filename"], meta["content_type"], meta["size"]) == (
+            "report.pdf",
+            "application/pdf",
+            len(PDF),
+        )
+        url = f"{ITEMS}/{item_id}/attachments/{meta['id']}"
+        download = await client.get(url, headers=bearer(token))
+        assert download.status_code == 200
+        assert download.content == PDF
+        assert download.headers["content-type"] == "application/pdf"
+        assert download.headers["content-disposition"].startswith(
+            'attachment; filename="report.pdf"'
+        )
+        assert download.headers["x-content-type-options"] == "nosniff"
+        listed = await client.get(
+            f"{ITEMS}/{item_id}/attachments", headers=bearer(token)
+        )
+        assert [a["id"] for a in listed.json()["data"]] == [meta["id"]]
+
+        assert (await client.delete(url, headers=bearer(token))).status_code == 204
+        assert (await client.get(url, headers=bearer(token))).status_code == 404
+        assert not [p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]
+
+    @pytest.mark.parametrize(
+        ("data", "declared"),
+        [
+            (
+                b"MZ\x90\x00\x03\x00\x00\x00" + b"\x00" * 100,
+                "image/png",
+            ),  # a Windows exe
+            (b"\x7fELF\x02\x01\x01" + b"\x00" * 100, "application/pdf"),
+            (b"<svg onload=alert(1)>" + b"\x00\xff" * 10, "image/svg+xml"),
+        ],
+    )
+    async def test_spoofed_content_types_are_refused(
+        self, client: AsyncClient, token: str, data: bytes, declared: str
+    ) -> None:
+        item_id = await self.item(client, token)
+        response = await self.upload(
+            client, token, item_id, "innocent.png", data, declared
+        )
+        assert response.status_code == 415
+        assert response.json()["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+
+    async def test_declared_type_is_ignored_for_real_images(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        item_id = await self.item(client, token)
+        response = await self.upload(
+            client, token, item_id, "pic.txt", PNG, "text/html"
+        )
+        assert response.json()["data"]["content_type"] == "image/png"
+
+    @pytest.mark.parametrize(
+        ("name", "stored"),
+        [
+            ("../../etc/passwd", "passwd"),
+            ("..\\..\\windows\\win.ini", "win.ini"),
+            ("/abs/path/photo.png", "photo.png"),
+            ("....", "file"),
+            ("résumé<>:|.txt", "resume_.txt"),
+            (".hidden", "hidden"),
+        ],
+    )
+    async def test_file_names_are_sanitised(
+        self,
+        client: AsyncClient,
+        token: str,
+        settings: Settings,
+        name: str,
+        stored: str,
+    ) -> None:
+        item_id = await self.item(client, token)
+        response = await self.upload(client, token, item_id, name, b"plain text")
+        assert response.status_code == 201
+        assert response.json()["data"]["filename"] == stored
+        # Only server-chosen keys exist on disk, inside the storage directory.
+        names = os.listdir(settings.STORAGE_DIR)
+        assert all(entry.isalnum() for entry in names)
+
+    async def test_size_limit_is_413_and_stores_nothing(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        settings = make_settings(
+            DATABASE_URL=database_url,
+            STORAGE_DIR=str(tmp_path),
+            ATTACHMENT_MAX_BYTES=2048,
+        )
+        app = create_app(settings)
+        async with AsyncClient(
+            transport=ASGITransport(app=app), base_url="http://t"
+        ) as http:
+            await make_user(app, "uploader")
+            token = (await login(http, "uploader"))["access_token"]
+            item_id = await self.item(http, token)
+            just_right = await self.upload(http, token, item_id, "a.txt", b"a" * 2048)
+            too_big = await self.upload(http, token, item_id, "b.txt", b"a" * 2049)
+            far_too_big = await self.upload(
+                http, token, item_id, "c.txt", b"a" * 200_000
+            )
+        await app.state.database.dispose()
+
+        assert just_right.status_code == 201
+        assert too_big.status_code == 413
+        assert far_too_big.status_code == 413
+        assert far_too_big.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+        assert len(list(tmp_path.iterdir())) == 1
+
+    async def test_others_cannot_see_or_delete_files(
+        self, app: Any, client: AsyncClient, token: str
+    ) -> None:
+        item_id = await self.item(client, token)
+        meta = (await self.upload(client, token, item_id, "a.txt", b"secret")).json()[
+            "data"
+        ]
+        await make_user(app, "mallory")
+        mallory = (await login(client, "mallory"))["access_token"]
+        url = f"{ITEMS}/{item_id}/attachments/{meta['id']}"
+        assert (await client.get(url, headers=bearer(mallory))).status_code == 404
+        assert (await client.delete(url, headers=bearer(mallory))).status_code == 404
+        upload = await self.upload(client, mallory, item_id, "x.txt", b"x")
+        assert upload.status_code == 404
+
+    async def test_deleting_the_item_removes_its_files(
+        self, client: AsyncClient, token: str, settings: Settings
+    ) -> None:
+        item_id = await self.item(client, token)
+        await self.upload(client, token, item_id, "a.txt", b"one")
+        await self.upload(client, token, item_id, "b.png", PNG)
+        assert (
+            await client.delete(f"{ITEMS}/{item_id}", headers=bearer(token))
+        ).status_code == 204
+        assert not [p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]
