@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -12,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from app.backends import email_transport, redis_client
 from app.core.config import Settings, get_settings
 from app.core.exceptions import AppError
 from app.core.logging import configure_logging
@@ -19,6 +23,8 @@ from app.core.security import PasswordHasher
 from app.database import Database, safe_url, upgrade_to_head
 from app.schemas.user import SuperuserCreate
 from app.services import accounts
+from app.services.eventing import build_event_runtime, consumer_settings
+from app.services.worker import StreamConsumer
 
 cli = typer.Typer(
     help="Operate the FastAPI backend service.",
@@ -145,6 +151,47 @@ def create_superuser(
     except (DBAPIError, OSError) as exc:
         _database_unreachable(settings, exc)
     typer.echo(f"Created admin {data.username} <{data.email}> with id {user_id}.")
+
+
+async def _run_worker(settings: Settings, name: str) -> None:
+    database = Database(settings)
+    redis = redis_client(settings)
+    assert redis is not None
+    runtime = build_event_runtime(
+        settings, database.sessionmaker, email_transport(settings), redis
+    )
+    consumer = StreamConsumer(
+        redis, runtime.dispatcher, consumer_settings(settings, name)
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runtime.stop.set)
+    runtime.start_relay()
+    runtime.start_consumer(consumer)
+    typer.echo(f"Worker {name} consuming {consumer.settings.stream}")
+    await runtime.stop.wait()
+    await runtime.shutdown()
+    await redis.aclose()
+    await database.dispose()
+
+
+@cli.command()
+def worker(
+    name: Annotated[
+        str | None, typer.Option(help="Consumer name (default: host-pid).")
+    ] = None,
+) -> None:
+    """Consume domain events from Redis (also relays the outbox)."""
+    settings = load_settings()
+    if not settings.REDIS_URL:
+        _fail(
+            "the worker needs REDIS_URL; without Redis the API process handles "
+            "events itself",
+            code=2,
+        )
+    configure_logging(settings.LOG_LEVEL)
+    consumer = name or f"{socket.gethostname()}-{os.getpid()}"
+    asyncio.run(_run_worker(settings, consumer))
 
 
 @cli.command()

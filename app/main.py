@@ -14,14 +14,16 @@ from app.api.v1.endpoints import health
 from app.api.v1.endpoints.items import ATTACHMENT_UPLOAD_PATH
 from app.api.v1.router import api_router
 from app.api.v2.router import api_router as api_v2_router
-from app.core.attempts import InMemoryLoginAttemptStore
+from app.backends import auth_cache, email_transport, login_attempt_store, redis_client
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
 from app.core.middleware import RequestContextMiddleware
+from app.core.ratelimit import RateLimiter, storage_for
 from app.core.security import PasswordHasher
 from app.core.storage import LocalFileStorage
 from app.database import Database
+from app.services.eventing import build_event_runtime
 
 logger = logging.getLogger("app")
 
@@ -40,10 +42,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.LOG_LEVEL)
     database = Database(settings)
 
+    redis = redis_client(settings)
+    transport = email_transport(settings)
+    runtime = build_event_runtime(settings, database.sessionmaker, transport, redis)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("startup", extra={"environment": settings.ENVIRONMENT})
+        if settings.OUTBOX_RELAY_ENABLED:
+            runtime.start_relay()
         yield
+        await runtime.shutdown()
+        if redis is not None:
+            await redis.aclose()
         await database.dispose()
         logger.info("shutdown complete")
 
@@ -59,8 +70,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.password_hasher = PasswordHasher(settings)
-    app.state.login_attempts = InMemoryLoginAttemptStore()
+    app.state.login_attempts = login_attempt_store(settings, redis)
+    app.state.auth_cache = auth_cache(settings, redis)
+    app.state.rate_limiter = RateLimiter(
+        storage_for(settings.REDIS_URL), enabled=settings.RATE_LIMIT_ENABLED
+    )
     app.state.storage = LocalFileStorage(settings.STORAGE_DIR)
+    app.state.redis = redis
+    app.state.email_transport = transport
+    app.state.events = runtime
 
     register_exception_handlers(app)
     app.include_router(health.router)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.attempts import InMemoryLoginAttemptStore
+from app.core.cache import MemoryAuthCache
 from app.core.config import Settings
 from app.core.scopes import Role
 from app.database import upgrade_to_head
@@ -44,6 +45,7 @@ def make_settings(**overrides: Any) -> Settings:
         "ENVIRONMENT": "test",
         "SECRET_KEY": TEST_SECRET,
         "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_ENABLED": False,  # rate-limit tests enable it on their own app
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -99,7 +101,10 @@ async def database_url(
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings pointing at the run's database and a private file store."""
     storage = tmp_path_factory.mktemp("attachments")
-    return make_settings(DATABASE_URL=database_url, STORAGE_DIR=str(storage))
+    mail = tmp_path_factory.mktemp("mail")
+    return make_settings(
+        DATABASE_URL=database_url, STORAGE_DIR=str(storage), MAIL_DIR=str(mail)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +144,9 @@ async def client(app: Any, engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
     await truncate_all(engine)
     for stored in Path(app.state.settings.STORAGE_DIR).glob("*"):
         stored.unlink()
-    app.state.login_attempts = InMemoryLoginAttemptStore()  # no lockout carried over
+    # No lockout or cached user carried over (ids restart after truncation).
+    app.state.login_attempts = InMemoryLoginAttemptStore()
+    app.state.auth_cache = MemoryAuthCache(app.state.settings.AUTH_CACHE_TTL_SECONDS)
     transport = ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http

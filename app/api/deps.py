@@ -6,22 +6,25 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import metrics
 from app.core.config import Settings
 from app.core.exceptions import (
     InsufficientScopeError,
     InvalidTokenError,
     NotAuthenticatedError,
+    RateLimitedError,
 )
 from app.core.principal import Principal
+from app.core.ratelimit import RateLimiter
 from app.core.scopes import SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
 from app.core.storage import FileStorage
 from app.database import Database
-from app.services import auth
+from app.services import auth, auth_cache
 from app.services.auth import ClientInfo
 from app.services.login_guard import LoginGuard
 
@@ -45,10 +48,12 @@ def get_password_hasher(request: Request) -> PasswordHasher:
 
 
 async def get_session(
+    request: Request,
     database: Annotated[Database, Depends(get_database)],
 ) -> AsyncIterator[AsyncSession]:
     """One session per request; closing it rolls back anything not committed."""
     async with database.sessionmaker() as session:
+        auth_cache.attach(session, request.app.state.auth_cache)
         yield session
 
 
@@ -85,6 +90,7 @@ def client_info(request: Request) -> ClientInfo:
 async def get_principal(
     security_scopes: SecurityScopes,
     request: Request,
+    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
@@ -111,7 +117,39 @@ async def get_principal(
             extra=_event("insufficient_scope", request, missing=missing),
         )
         raise InsufficientScopeError(" ".join(security_scopes.scopes))
+    if request.method not in SAFE_METHODS:
+        await _enforce(
+            request,
+            response,
+            settings.RATE_LIMIT_WRITES,
+            "writes",
+            f"user:{principal.user_id}",
+        )
     return principal
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _enforce(
+    request: Request, response: Response, limit: str, name: str, key: str
+) -> None:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    decision = await limiter.hit(limit, name, key)
+    if decision is None:
+        return
+    if not decision.allowed:
+        metrics.RATE_LIMITED.labels(name).inc()
+        raise RateLimitedError(decision.reset_seconds, headers=decision.headers())
+    response.headers.update(decision.headers())
+
+
+async def limit_by_client_ip(
+    request: Request, response: Response, settings: SettingsDep
+) -> None:
+    """Per-IP limit of the authentication routes (signup, login, refresh, ...)."""
+    ip = request.client.host if request.client else "unknown"
+    await _enforce(request, response, settings.RATE_LIMIT_AUTH, "auth", f"ip:{ip}")
 
 
 def _event(name: str, request: Request, **fields: object) -> dict[str, object]:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+logger = logging.getLogger("app.security")
 
 
 @dataclass(slots=True)
@@ -86,3 +91,107 @@ class InMemoryLoginAttemptStore:
         ]
         for key in stale:
             del self._states[key]
+
+
+_ADD_FAILURE = """
+local started = tonumber(redis.call('HGET', KEYS[1], 'window_started') or '0')
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+if started == 0 or now - started > window then
+    redis.call('HSET', KEYS[1], 'failures', 0, 'window_started', ARGV[1])
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return failures
+"""
+_LOCK = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+if tonumber(ARGV[1]) > current then
+    redis.call('HSET', KEYS[1], 'locked_until', ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class RedisLoginAttemptStore:
+    """Counters in Redis hashes, so every API process sees every failure."""
+
+    def __init__(
+        self, redis: Redis, prefix: str, retention_seconds: int = 3600
+    ) -> None:
+        """Keys are `<prefix>login:<key>`; they expire after `retention_seconds`."""
+        self.redis = redis
+        self.prefix = f"{prefix}login:"
+        self.retention = retention_seconds
+
+    async def get(self, key: str, now: float) -> AttemptState:
+        """The state of `key`."""
+        values: dict[Any, Any] = await self.redis.hgetall(self.prefix + key)
+        return AttemptState(
+            failures=int(values.get("failures", 0)),
+            window_started=float(values.get("window_started", 0)),
+            locked_until=float(values.get("locked_until", 0)),
+        )
+
+    async def add_failure(self, key: str, now: float, window: float) -> int:
+        """Count one failure atomically (a Lua script)."""
+        result = await self.redis.eval(
+            _ADD_FAILURE, 1, self.prefix + key, repr(now), repr(window), self.retention
+        )
+        return int(result)
+
+    async def lock(self, key: str, until: float) -> None:
+        """Lock `key` until `until` (never shortening a longer lock)."""
+        await self.redis.eval(_LOCK, 1, self.prefix + key, repr(until), self.retention)
+
+    async def reset(self, key: str) -> None:
+        """Forget `key`."""
+        await self.redis.delete(self.prefix + key)
+
+
+class FallbackLoginAttemptStore:
+    """Redis first; when Redis fails, a per-process store, never "no limit at all".
+
+    Brute-force protection guards security, so it must not fail open.
+    """
+
+    def __init__(self, primary: LoginAttemptStore, fallback: LoginAttemptStore) -> None:
+        """Prefer `primary`; use `fallback` while `primary` raises."""
+        self.primary = primary
+        self.fallback = fallback
+
+    async def _call(self, method: str, *args: object) -> Any:
+        try:
+            return await getattr(self.primary, method)(*args)
+        except Exception as exc:
+            logger.warning(
+                "login attempt store unavailable; counting in this process",
+                extra={"event": "attempt_store_fallback", "error": type(exc).__name__},
+            )
+            return await getattr(self.fallback, method)(*args)
+
+    async def get(self, key: str, now: float) -> AttemptState:
+        """The state from Redis, or from this process when Redis is down."""
+        primary: AttemptState = await self._call("get", key, now)
+        local = await self.fallback.get(key, now)
+        # A lock or failures counted locally during an outage still apply.
+        return AttemptState(
+            failures=max(primary.failures, local.failures),
+            window_started=primary.window_started or local.window_started,
+            locked_until=max(primary.locked_until, local.locked_until),
+        )
+
+    async def add_failure(self, key: str, now: float, window: float) -> int:
+        """Count in Redis (or locally when Redis is down)."""
+        count: int = await self._call("add_failure", key, now, window)
+        return count
+
+    async def lock(self, key: str, until: float) -> None:
+        """Lock in Redis (or locally)."""
+        await self._call("lock", key, until)
+
+    async def reset(self, key: str) -> None:
+        """Forget everywhere."""
+        await self._call("reset", key)
+        await self.fallback.reset(key)

@@ -74,6 +74,37 @@ class Settings(BaseSettings):
     SQLITE_BUSY_TIMEOUT_MS: int = Field(default=5000, ge=0)
 
     REDIS_URL: str | None = None
+    REDIS_KEY_PREFIX: str = "app:"
+    EVENT_STREAM: str = "events"
+    EVENT_DEAD_LETTER_STREAM: str = "events:dead"
+    EVENT_CONSUMER_GROUP: str = "workers"
+    EVENT_MAX_DELIVERIES: int = Field(default=5, ge=1)
+    EVENT_RETRY_BASE_SECONDS: float = Field(default=1.0, gt=0)
+    EVENT_HANDLER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    OUTBOX_POLL_SECONDS: float = Field(default=0.5, gt=0)
+    OUTBOX_BATCH_SIZE: int = Field(default=100, ge=1)
+    OUTBOX_RELAY_ENABLED: bool = True
+
+    SMTP_HOST: str = ""
+    SMTP_PORT: int = Field(default=587, ge=1, le=65535)
+    SMTP_USER: str | None = None
+    SMTP_PASSWORD: SecretStr | None = None
+    SMTP_TLS: bool = True
+    SMTP_SSL: bool = False
+    SMTP_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    EMAILS_FROM_EMAIL: str = "noreply@example.com"
+    EMAILS_FROM_NAME: str | None = None
+    MAIL_DIR: str = "./data/mail"
+    FRONTEND_URL: str = "http://localhost:3000"
+    EMAIL_TOKEN_EXPIRE_MINUTES: int = Field(default=60, ge=1)
+
+    RATE_LIMIT_ENABLED: bool = True
+    RATE_LIMIT_AUTH: str = "20/minute"
+    RATE_LIMIT_WRITES: str = "120/minute"
+
+    AUTH_CACHE_TTL_SECONDS: float = Field(default=30.0, ge=0)
+    METRICS_ENABLED: bool = True
+    METRICS_TOKEN: SecretStr | None = None
 
     BACKEND_CORS_ORIGINS: Annotated[list[str], NoDecode] = []
     MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)

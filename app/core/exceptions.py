@@ -216,6 +216,14 @@ class TooManyRequestsError(AppError):
         self.retry_after = max(1, retry_after)
 
 
+class RateLimitedError(TooManyRequestsError):
+    """Over a rate limit; carries the `RateLimit-*` headers."""
+
+    def __init__(self, retry_after: int, *, headers: Mapping[str, str]) -> None:
+        super().__init__(retry_after)
+        self.headers.update(headers)
+
+
 class AccountLockedError(TooManyRequestsError):
     """Too many failed logins for this account: locked for a while."""
 

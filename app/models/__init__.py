@@ -7,9 +7,11 @@ from app.models.auth_session import AuthSession, RefreshToken
 from app.models.base import Base
 from app.models.idempotency import IdempotencyKey
 from app.models.item import Attachment, Item
+from app.models.outbox import ActionToken, OutboxEvent, ProcessedEvent
 from app.models.user import User
 
 __all__ = [
+    "ActionToken",
     "Attachment",
     "AuditLog",
     "AuthSession",
@@ -17,6 +19,8 @@ __all__ = [
     "IdempotencyKey",
     "Item",
     "ItemStatus",
+    "OutboxEvent",
+    "ProcessedEvent",
     "RefreshToken",
     "Role",
     "User",

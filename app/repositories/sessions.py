@@ -71,12 +71,13 @@ class SessionRepository:
         user_id: int,
         session_id: str | None = None,
         keep_session_id: str | None = None,
-    ) -> int:
-        """Revoke a user's live families (one, or all but one). Returns how many."""
+    ) -> list[str]:
+        """Revoke a user's live families (one, or all but one). Returns their ids."""
         statement = (
             update(AuthSession)
             .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
             .values(revoked_at=now, revoked_reason=reason)
+            .returning(AuthSession.id)
             .execution_options(synchronize_session=False)
         )
         if session_id is not None:
@@ -84,7 +85,7 @@ class SessionRepository:
         if keep_session_id is not None:
             statement = statement.where(AuthSession.id != keep_session_id)
         result = await self.session.execute(statement)
-        return int(getattr(result, "rowcount", 0))
+        return list(result.scalars().all())
 
     async def list_active(self, user_id: int, now: datetime) -> Sequence[AuthSession]:
         """A user's families that are neither revoked nor past their lifetime."""

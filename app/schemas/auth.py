@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.user import StrictInput
+from app.schemas.user import NormalisedEmail, Password, StrictInput
 
 
 class LoginRequest(BaseModel):
@@ -61,3 +61,34 @@ class SessionPublic(BaseModel):
     ip_address: str | None
     scope: str
     current: bool = False
+
+
+class Accepted(BaseModel):
+    """A request taken for asynchronous processing (202)."""
+
+    message: str
+
+
+class EmailRequest(StrictInput):
+    """Ask for an email (password reset)."""
+
+    email: NormalisedEmail
+
+
+class TokenConfirm(StrictInput):
+    """A token from an emailed link."""
+
+    token: str = Field(min_length=16, max_length=256)
+
+
+class PasswordResetConfirm(TokenConfirm):
+    """A reset token and the new password."""
+
+    new_password: Password
+    confirm_password: str = Field(max_length=128)
+
+    @model_validator(mode="after")
+    def _confirmed(self) -> Self:
+        if self.new_password != self.confirm_password:
+            raise ValueError("Passwords do not match")
+        return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import events as event_types
 from app.core.exceptions import (
     AppError,
     EmailAlreadyRegisteredError,
@@ -16,7 +17,7 @@ from app.models.user import User
 from app.repositories.errors import UniqueViolationError
 from app.repositories.users import UserRepository
 from app.schemas.user import UserSignup
-from app.services import audit
+from app.services import audit, events
 
 _CONFLICTS: dict[str, type[AppError]] = {
     "email": EmailAlreadyRegisteredError,
@@ -114,6 +115,13 @@ async def insert_and_commit(
         entity_type="user",
         entity_id=user.id,
         changes=audit.diff(None, audit.snapshot(user, audit.USER_AUDITED_FIELDS)),
+    )
+    events.emit(
+        session,
+        event_types.USER_CREATED,
+        "user",
+        user.id,
+        {"user_id": user.id, "email": user.email, "name": user.display_name},
     )
     await session.commit()
     return user

@@ -35,9 +35,9 @@ from app.core.tokens import (
 from app.models.auth_session import AuthSession
 from app.models.base import utcnow
 from app.models.user import User
-from app.repositories.sessions import SessionRepository, load_access_state
+from app.repositories.sessions import SessionRepository
 from app.repositories.users import UserRepository
-from app.services import audit
+from app.services import audit, auth_cache
 from app.services.login_guard import LoginGuard
 
 security_log = logging.getLogger("app.security")
@@ -183,11 +183,12 @@ async def _revoke_for_reuse(
     session: AsyncSession, user_id: int, family_id: str
 ) -> None:
     repository = SessionRepository(session)
-    await repository.revoke(
+    revoked = await repository.revoke(
         utcnow(), "token_reuse", user_id=user_id, session_id=family_id
     )
     _audit_revocation(session, None, family_id, "token_reuse", user_id=user_id)
     await session.commit()
+    await auth_cache.forget_sessions(session, revoked)
     security_log.warning(
         "refresh_token_reuse",
         extra={"event": "refresh_token_reuse", "user_id": user_id},
@@ -225,8 +226,9 @@ async def refresh(
         raise TokenReusedError
     user = await UserRepository(session).get(family.user_id)
     if user is None or not user.is_active:
-        await repository.revoke(now, "user_inactive", user_id=family.user_id)
+        revoked = await repository.revoke(now, "user_inactive", user_id=family.user_id)
         await session.commit()
+        await auth_cache.forget_sessions(session, revoked)
         raise InvalidRefreshTokenError
     next_token = new_refresh_token()
     await repository.add_token(family.id, hash_refresh_token(next_token))
@@ -241,22 +243,10 @@ async def refresh(
     )
 
 
-async def revoke_by_refresh_token(session: AsyncSession, refresh_token: str) -> None:
-    """Revoke the family a refresh token belongs to (logout without an access token)."""
-    repository = SessionRepository(session)
-    found = await repository.find_token(hash_refresh_token(refresh_token))
-    if found is not None:
-        _, family = found
-        await repository.revoke(
-            utcnow(), "logout", user_id=family.user_id, session_id=family.id
-        )
-        await session.commit()
-
-
 async def logout(session: AsyncSession, principal: Principal) -> None:
     """Revoke the caller's current session; its tokens stop working at once."""
     if principal.session_id is not None:
-        await SessionRepository(session).revoke(
+        revoked = await SessionRepository(session).revoke(
             utcnow(),
             "logout",
             user_id=principal.user_id,
@@ -264,11 +254,12 @@ async def logout(session: AsyncSession, principal: Principal) -> None:
         )
         _audit_revocation(session, principal, principal.session_id, "logout")
         await session.commit()
+        await auth_cache.forget_sessions(session, revoked)
 
 
 async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
     """Revoke every session of the caller and every access token issued so far."""
-    count = await SessionRepository(session).revoke(
+    revoked = await SessionRepository(session).revoke(
         utcnow(), "logout_all", user_id=principal.user_id
     )
     user = await UserRepository(session).get(principal.user_id)
@@ -280,10 +271,12 @@ async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
         action="session.revoke_all",
         entity_type="user",
         entity_id=principal.user_id,
-        changes={"sessions_revoked": {"old": None, "new": count}},
+        changes={"sessions_revoked": {"old": None, "new": len(revoked)}},
     )
     await session.commit()
-    return count
+    await auth_cache.forget_user(session, principal.user_id)
+    await auth_cache.forget_sessions(session, revoked)
+    return len(revoked)
 
 
 async def list_sessions(
@@ -304,10 +297,11 @@ async def revoke_session(
     revoked = await SessionRepository(session).revoke(
         utcnow(), "revoked_by_user", user_id=principal.user_id, session_id=session_id
     )
-    if revoked == 0:
+    if not revoked:
         raise NotFoundError("Session not found")
     _audit_revocation(session, principal, session_id, "revoked_by_user")
     await session.commit()
+    await auth_cache.forget_sessions(session, revoked)
 
 
 async def authenticate(
@@ -315,8 +309,9 @@ async def authenticate(
 ) -> Principal:
     """Turn a bearer token into a Principal, or refuse it.
 
-    Checks the signature and claims, then (one query) that the user is active,
-    the token version is current and the token's session is not revoked.
+    Checks the signature and claims, then that the user is active, the token
+    version is current and the token's session is not revoked: from the cache
+    when it has the answer, else with one query.
 
     Raises:
         InvalidTokenError: For any token that must not be honoured.
@@ -325,19 +320,19 @@ async def authenticate(
         subject = decode_access_token(settings, token)
     except InvalidAccessTokenError as exc:
         raise InvalidTokenError from exc
-    state = await load_access_state(session, subject.user_id, subject.session_id)
-    if state is None or state.session_revoked:
+    entry = await auth_cache.access_entry(session, subject.user_id, subject.session_id)
+    if entry is None:
         raise InvalidTokenError
-    user = state.user
-    if not user.is_active or user.token_version != subject.token_version:
+    if not entry["is_active"] or entry["token_version"] != subject.token_version:
         raise InvalidTokenError
+    role = entry["role"]
     return Principal(
-        user_id=user.id,
-        email=user.email,
-        role=user.role,
-        scopes=subject.scopes & ROLE_SCOPES.get(user.role, frozenset()),
-        first_name=user.first_name,
-        last_name=user.last_name,
-        desired_name=user.desired_name,
+        user_id=subject.user_id,
+        email=entry["email"],
+        role=role,
+        scopes=subject.scopes & ROLE_SCOPES.get(role, frozenset()),
+        first_name=entry["first_name"],
+        last_name=entry["last_name"],
+        desired_name=entry["desired_name"],
         session_id=subject.session_id,
     )

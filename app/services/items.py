@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from app.core import events as event_types
 from app.core.conditional import IfMatch
 from app.core.exceptions import (
     ConflictError,
@@ -25,7 +26,7 @@ from app.models.item import Item
 from app.repositories.idempotency import DuplicateKeyError
 from app.repositories.items import ItemRepository, cursor_after
 from app.schemas.item import ItemCreate, ItemFilters, ItemPublic, ItemUpdate, SortField
-from app.services import audit, idempotency
+from app.services import audit, events, idempotency
 from app.services.idempotency import IdempotentRequest
 
 ITEM_AUDITED_FIELDS = ("title", "description", "status", "owner_id")
@@ -71,6 +72,13 @@ def _new_item(principal: Principal, payload: ItemCreate) -> Item:
     )
 
 
+_EVENT_OF_ACTION = {
+    "item.create": event_types.ITEM_CREATED,
+    "item.update": event_types.ITEM_UPDATED,
+    "item.delete": event_types.ITEM_DELETED,
+}
+
+
 def _audit(
     session: AsyncSession,
     principal: Principal,
@@ -79,13 +87,28 @@ def _audit(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:
+    """Record the change in the audit trail and announce it in the outbox."""
+    changes = audit.diff(before, after)
     audit.record(
         session,
         actor=principal,
         action=action,
         entity_type="item",
         entity_id=item_id,
-        changes=audit.diff(before, after),
+        changes=changes,
+    )
+    state = after or before or {}
+    events.emit(
+        session,
+        _EVENT_OF_ACTION[action],
+        "item",
+        item_id,
+        {
+            "item_id": item_id,
+            "owner_id": state.get("owner_id"),
+            "actor_id": principal.user_id,
+            "changed": sorted(changes),
+        },
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core import events as event_types
 from app.core.exceptions import (
     AppError,
     ConflictError,
@@ -28,7 +29,7 @@ from app.schemas.user import (
     UserFilters,
     UserUpdate,
 )
-from app.services import audit
+from app.services import audit, auth_cache, events
 from app.services.accounts import insert_and_commit
 from app.services.login_guard import LoginGuard
 
@@ -117,7 +118,8 @@ async def update_profile(
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     if _apply(user, payload.model_dump(exclude_unset=True)):
         _audit_user(session, principal, "user.update", user, before)
-    await session.commit()
+        await session.commit()
+        await auth_cache.forget_user(session, user.id)  # names are in the cache
     return user
 
 
@@ -151,15 +153,27 @@ async def update_user(
         # Outstanding tokens carry the old role or belong to a disabled account.
         user.token_version += 1
     revoked: dict[str, dict[str, object]] = {}
+    revoked_ids: list[str] = []
     if changed.get("is_active") is False:
-        count = await SessionRepository(session).revoke(
+        revoked_ids = await SessionRepository(session).revoke(
             utcnow(), "deactivated", user_id=user.id
         )
-        revoked = {"sessions_revoked": {"old": None, "new": count}}
+        revoked = {"sessions_revoked": {"old": None, "new": len(revoked_ids)}}
     action = "user.role_change" if "role" in changed else "user.update"
     _audit_user(session, principal, action, user, before, **revoked)
+    if "is_active" in changed:
+        _emit_status(session, user)
     await session.commit()
+    await auth_cache.forget_user(session, user.id)
+    await auth_cache.forget_sessions(session, revoked_ids)
     return user
+
+
+def _emit_status(session: AsyncSession, user: User) -> None:
+    kind = (
+        event_types.USER_ACTIVATED if user.is_active else event_types.USER_DEACTIVATED
+    )
+    events.emit(session, kind, "user", user.id, {"user_id": user.id})
 
 
 async def create_user(
@@ -206,7 +220,7 @@ async def delete_user(
     else:
         user.is_active = False
         user.token_version += 1
-        count = await SessionRepository(session).revoke(
+        revoked = await SessionRepository(session).revoke(
             utcnow(), "deleted", user_id=user.id
         )
         _audit_user(
@@ -215,9 +229,11 @@ async def delete_user(
             "user.deactivate",
             user,
             before,
-            sessions_revoked={"old": None, "new": count},
+            sessions_revoked={"old": None, "new": len(revoked)},
         )
+        _emit_status(session, user)
     await session.commit()
+    await auth_cache.forget_user(session, user_id)
 
 
 async def search_users(
@@ -273,7 +289,15 @@ async def change_password(
         "user.password_change",
         user,
         before,
-        sessions_revoked={"old": None, "new": revoked},
+        sessions_revoked={"old": None, "new": len(revoked)},
+    )
+    events.emit(
+        session,
+        event_types.USER_PASSWORD_CHANGED,
+        "user",
+        user.id,
+        {"user_id": user.id},
     )
     await session.commit()
-    return revoked
+    await auth_cache.forget_sessions(session, revoked)
+    return len(revoked)

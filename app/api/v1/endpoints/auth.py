@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -16,6 +16,7 @@ from app.api.deps import (
     LoginGuardDep,
     SessionDep,
     SettingsDep,
+    limit_by_client_ip,
 )
 from app.core.config import Settings
 from app.core.exceptions import (
@@ -26,13 +27,29 @@ from app.core.exceptions import (
     MalformedJsonError,
 )
 from app.core.tokens import csrf_token_for, same_secret
-from app.schemas.auth import LoginRequest, RefreshRequest, SessionPublic, TokenResponse
+from app.schemas.auth import (
+    Accepted,
+    EmailRequest,
+    LoginRequest,
+    PasswordResetConfirm,
+    RefreshRequest,
+    SessionPublic,
+    TokenConfirm,
+    TokenResponse,
+)
 from app.schemas.envelope import Envelope
 from app.schemas.user import UserPublic, UserSignup
-from app.services import accounts, auth
+from app.services import accounts, auth, email_actions
 from app.services.auth import TokenPair
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(
+    prefix="/auth",
+    tags=["auth"],
+    dependencies=[Depends(limit_by_client_ip)],
+    responses={
+        429: {**ERROR_RESPONSE, "description": "RATE_LIMITED (see Retry-After)"}
+    },
+)
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     **COMMON_ERROR_RESPONSES,
@@ -291,3 +308,67 @@ async def revoke_session(
 ) -> None:
     """Revoke a session of the caller's (e.g. a lost device)."""
     await auth.revoke_session(session, principal, session_id)
+
+
+@router.post(
+    "/verify-email/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Email me a verification link",
+    responses=AUTH_ERRORS,
+)
+async def request_email_verification(
+    principal: CurrentPrincipal, session: SessionDep
+) -> Envelope[Accepted]:
+    """Queue a verification email (nothing is sent when already verified)."""
+    await email_actions.request_verification(session, principal)
+    return Envelope(
+        data=Accepted(message="If your email needs verifying, a link is on its way")
+    )
+
+
+@router.post(
+    "/verify-email/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Confirm an email address",
+    responses={400: {**ERROR_RESPONSE, "description": "INVALID_OR_EXPIRED_TOKEN"}},
+)
+async def confirm_email_verification(
+    payload: TokenConfirm, session: SessionDep
+) -> None:
+    """Mark the account verified; each token works once, until it expires."""
+    await email_actions.confirm_verification(session, payload.token)
+
+
+@router.post(
+    "/password-reset/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Email me a password reset link",
+)
+async def request_password_reset(
+    payload: EmailRequest, session: SessionDep
+) -> Envelope[Accepted]:
+    """Always 202: the answer never tells whether an account exists."""
+    await email_actions.request_password_reset(session, payload.email)
+    return Envelope(
+        data=Accepted(
+            message="If an account uses this email, a reset link is on its way"
+        )
+    )
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Set a new password with a reset token",
+    responses={400: {**ERROR_RESPONSE, "description": "INVALID_OR_EXPIRED_TOKEN"}},
+)
+async def confirm_password_reset(
+    payload: PasswordResetConfirm,
+    session: SessionDep,
+    hasher: HasherDep,
+    guard: LoginGuardDep,
+) -> None:
+    """Set the new password; every session of the account is revoked."""
+    await email_actions.confirm_password_reset(
+        session, hasher, guard, payload.token, payload.new_password
+    )

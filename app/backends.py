@@ -1,0 +1,76 @@
+"""Backends chosen by settings: Redis or in-process, SMTP or a mail folder."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from app.core.attempts import (
+    FallbackLoginAttemptStore,
+    InMemoryLoginAttemptStore,
+    LoginAttemptStore,
+    RedisLoginAttemptStore,
+)
+from app.core.cache import AuthCache, MemoryAuthCache, RedisAuthCache
+from app.core.config import Settings
+from app.core.email import EmailTransport, SmtpConfig, build_transport
+
+
+def redis_client(settings: Settings) -> Redis | None:
+    """A Redis client when `REDIS_URL` is set (connects lazily), else None."""
+    if not settings.REDIS_URL:
+        return None
+    return Redis.from_url(
+        settings.REDIS_URL,
+        decode_responses=True,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=15,
+    )
+
+
+def smtp_config(settings: Settings) -> SmtpConfig | None:
+    """SMTP settings, or None when `SMTP_HOST` is empty (development folder)."""
+    if not settings.SMTP_HOST:
+        return None
+    return SmtpConfig(
+        host=settings.SMTP_HOST,
+        port=settings.SMTP_PORT,
+        user=settings.SMTP_USER or None,
+        password=settings.SMTP_PASSWORD.get_secret_value()
+        if settings.SMTP_PASSWORD
+        else None,
+        use_tls=settings.SMTP_TLS and not settings.SMTP_SSL,
+        use_ssl=settings.SMTP_SSL,
+        from_email=settings.EMAILS_FROM_EMAIL,
+        from_name=settings.EMAILS_FROM_NAME,
+        timeout_seconds=settings.SMTP_TIMEOUT_SECONDS,
+    )
+
+
+def email_transport(settings: Settings) -> EmailTransport:
+    """The mail transport the settings describe."""
+    return build_transport(
+        smtp_config(settings),
+        settings.MAIL_DIR,
+        from_email=settings.EMAILS_FROM_EMAIL,
+        from_name=settings.EMAILS_FROM_NAME,
+    )
+
+
+def login_attempt_store(settings: Settings, redis: Redis | None) -> LoginAttemptStore:
+    """Brute-force counters: Redis (falling back per process) or in-process."""
+    local = InMemoryLoginAttemptStore()
+    if redis is None:
+        return local
+    return FallbackLoginAttemptStore(
+        RedisLoginAttemptStore(redis, settings.REDIS_KEY_PREFIX), local
+    )
+
+
+def auth_cache(settings: Settings, redis: Redis | None) -> AuthCache:
+    """The access-check cache: shared in Redis, or in this process."""
+    if redis is None:
+        return MemoryAuthCache(settings.AUTH_CACHE_TTL_SECONDS)
+    return RedisAuthCache(
+        redis, settings.REDIS_KEY_PREFIX, settings.AUTH_CACHE_TTL_SECONDS
+    )

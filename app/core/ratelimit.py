@@ -1,0 +1,77 @@
+"""Rate limits with the `limits` library: in memory, or in Redis for every process."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+logger = logging.getLogger("app.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """The outcome of one hit, with what the `RateLimit-*` headers say."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """`RateLimit-Limit`, `-Remaining`, `-Reset` (IETF draft), plus `Retry-After`."""
+        values = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+        }
+        if not self.allowed:
+            values["Retry-After"] = str(max(1, self.reset_seconds))
+        return values
+
+
+def storage_for(redis_url: str | None) -> Storage:
+    """Redis storage when configured (shared by all processes), else memory."""
+    if redis_url:
+        return RedisStorage(
+            "async+" + redis_url, implementation="redispy", socket_timeout=1.0
+        )
+    return MemoryStorage()
+
+
+class RateLimiter:
+    """Counts hits per key against named limits; fails open if its store is down."""
+
+    def __init__(self, storage: Storage, *, enabled: bool, prefix: str = "rl") -> None:
+        """Use `storage`; when not `enabled`, everything is allowed."""
+        self.enabled = enabled
+        self.prefix = prefix
+        self.strategy = SlidingWindowCounterRateLimiter(storage)
+
+    async def hit(
+        self, limit: str | RateLimitItem, *key: str
+    ) -> RateLimitDecision | None:
+        """Count one hit; None when limiting is off or the store is unavailable.
+
+        The general limiter fails open: an outage of its store must not take the
+        API down. (Brute-force protection does not rely on it.)
+        """
+        if not self.enabled:
+            return None
+        item = parse(limit) if isinstance(limit, str) else limit
+        try:
+            allowed = await self.strategy.hit(item, self.prefix, *key)
+            stats = await self.strategy.get_window_stats(item, self.prefix, *key)
+        except Exception as exc:
+            logger.warning(
+                "rate limiter unavailable; allowing the request",
+                extra={"event": "rate_limiter_fail_open", "error": type(exc).__name__},
+            )
+            return None
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        return RateLimitDecision(allowed, item.amount, stats.remaining, reset)

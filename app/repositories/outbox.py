@@ -1,0 +1,101 @@
+"""Outbox rows: claim, mark published, record failures, measure backlog."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.models.outbox import OutboxEvent, ProcessedEvent
+
+
+def _deliverable(max_attempts: int) -> ColumnElement[bool]:
+    return and_(OutboxEvent.published_at.is_(None), OutboxEvent.attempts < max_attempts)
+
+
+async def claim_batch(
+    session: AsyncSession, now: datetime, *, limit: int, max_attempts: int
+) -> Sequence[OutboxEvent]:
+    """Lock the next events to publish: the oldest unpublished one per aggregate.
+
+    Taking only each aggregate's head keeps per-aggregate order even with
+    several relays; on PostgreSQL `FOR UPDATE SKIP LOCKED` lets them share the
+    work without waiting on each other.
+    """
+    earlier = aliased(OutboxEvent)
+    has_earlier = exists().where(
+        earlier.aggregate_type == OutboxEvent.aggregate_type,
+        earlier.aggregate_id == OutboxEvent.aggregate_id,
+        earlier.published_at.is_(None),
+        earlier.attempts < max_attempts,
+        earlier.id < OutboxEvent.id,
+    )
+    statement = (
+        select(OutboxEvent)
+        .where(
+            _deliverable(max_attempts),
+            or_(
+                OutboxEvent.next_attempt_at.is_(None),
+                OutboxEvent.next_attempt_at <= now,
+            ),
+            ~has_earlier,
+        )
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    )
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        statement = statement.with_for_update(skip_locked=True, of=OutboxEvent)
+    return (await session.execute(statement)).scalars().all()
+
+
+async def backlog(
+    session: AsyncSession, max_attempts: int
+) -> tuple[int, datetime | None, int]:
+    """Unpublished events, the oldest one's time, and dead (given-up) events."""
+    pending = select(func.count(), func.min(OutboxEvent.occurred_at)).where(
+        _deliverable(max_attempts)
+    )
+    dead = select(func.count()).where(
+        OutboxEvent.published_at.is_(None), OutboxEvent.attempts >= max_attempts
+    )
+    count, oldest = (await session.execute(pending)).one()
+    dead_count = (await session.execute(dead)).scalar_one()
+    return int(count), oldest, int(dead_count)
+
+
+async def mark_published(
+    session: AsyncSession, event_ids: Sequence[int], now: datetime
+) -> None:
+    """Record successful publication."""
+    if event_ids:
+        await session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(event_ids))
+            .values(published_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def already_processed(session: AsyncSession, handler: str, event_id: str) -> bool:
+    """Whether `handler` has handled `event_id` before."""
+    statement = select(ProcessedEvent.id).where(
+        ProcessedEvent.handler == handler, ProcessedEvent.event_id == event_id
+    )
+    return (await session.execute(statement)).first() is not None
+
+
+async def remember_processed(
+    session: AsyncSession, handler: str, event_id: str
+) -> bool:
+    """Record that `handler` handled `event_id`; False if someone else just did."""
+    session.add(ProcessedEvent(handler=handler, event_id=event_id))
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        return False
+    return True

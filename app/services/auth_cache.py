@@ -1,0 +1,75 @@
+"""The access check's cache: filled from the database, emptied after changes.
+
+Services call `forget_user` / `forget_sessions` right after committing a change
+that affects access (status, role, names, token version, revocations); the cache
+travels with the database session (`session.info`), so services need no extra
+argument and code without a cache (the CLI) simply skips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.cache import AuthCache, UserEntry
+from app.models.user import User
+from app.repositories.sessions import load_access_state
+from app.schemas.user import UserPublic
+
+CACHE_KEY = "auth_cache"
+
+
+def attach(session: AsyncSession, cache: AuthCache) -> None:
+    """Make `cache` the one this session's services invalidate."""
+    session.info[CACHE_KEY] = cache
+
+
+def _cache_of(session: AsyncSession) -> AuthCache | None:
+    cache: AuthCache | None = session.info.get(CACHE_KEY)
+    return cache
+
+
+def user_entry(user: User) -> UserEntry:
+    """The cached form of a user: its public fields plus access facts."""
+    entry: dict[str, Any] = UserPublic.model_validate(user).model_dump(mode="json")
+    entry["token_version"] = user.token_version
+    return entry
+
+
+async def access_entry(
+    session: AsyncSession, user_id: int, session_id: str | None
+) -> UserEntry | None:
+    """The user behind a token, from the cache or (one query) the database.
+
+    Returns:
+        None when the user is gone or the token's session is revoked.
+    """
+    cache = _cache_of(session)
+    if cache is not None:
+        cached = await cache.get(user_id, session_id)
+        if cached is not None:
+            return cached
+    state = await load_access_state(session, user_id, session_id)
+    if state is None or state.session_revoked:
+        return None
+    entry = user_entry(state.user)
+    if cache is not None and state.user.is_active:
+        await cache.put(entry, session_id)
+    return entry
+
+
+async def forget_user(session: AsyncSession, user_id: int) -> None:
+    """Drop a user's cached entry (call after the commit)."""
+    cache = _cache_of(session)
+    if cache is not None:
+        await cache.forget_user(user_id)
+
+
+async def forget_sessions(session: AsyncSession, session_ids: Iterable[str]) -> None:
+    """Drop revoked sessions' markers (call after the commit)."""
+    cache = _cache_of(session)
+    ids = list(session_ids)
+    if cache is not None and ids:
+        await cache.forget_sessions(ids)

@@ -1,0 +1,155 @@
+"""Email verification and password reset: request (202) and confirm (single use)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core import events as event_types
+from app.core.exceptions import AppError
+from app.core.principal import Principal
+from app.core.security import PasswordHasher
+from app.core.tokens import hash_refresh_token
+from app.models.base import utcnow
+from app.models.user import User
+from app.repositories import action_tokens
+from app.repositories.sessions import SessionRepository
+from app.repositories.users import UserRepository
+from app.services import audit, auth_cache, events
+from app.services.handlers import EMAIL_VERIFICATION, PASSWORD_RESET
+from app.services.login_guard import LoginGuard
+from app.services.users import PasswordLikeEmailError
+
+
+class InvalidActionTokenError(AppError):
+    """The emailed token is unknown, expired or already used."""
+
+    status_code = 400
+    code = "INVALID_OR_EXPIRED_TOKEN"
+    message = "This link is invalid or has expired; request a new one"
+
+
+async def request_verification(session: AsyncSession, principal: Principal) -> None:
+    """Queue a verification email for the caller (nothing if already verified)."""
+    user = await UserRepository(session).get(principal.user_id)
+    if user is None or user.is_verified:
+        return
+    events.emit(
+        session,
+        event_types.USER_VERIFICATION_REQUESTED,
+        "user",
+        user.id,
+        {"user_id": user.id},
+    )
+    await session.commit()
+
+
+async def _redeem(session: AsyncSession, token: str, purpose: str) -> User:
+    now = utcnow()
+    found = await action_tokens.find_usable(
+        session, hash_refresh_token(token), purpose, now
+    )
+    if found is None or not await action_tokens.consume(session, found.id, now):
+        await session.rollback()
+        raise InvalidActionTokenError
+    user = await UserRepository(session).get(found.user_id)
+    if user is None or not user.is_active:
+        await session.rollback()
+        raise InvalidActionTokenError
+    return user
+
+
+async def confirm_verification(session: AsyncSession, token: str) -> None:
+    """Mark the token's account verified; the token cannot be used again.
+
+    Raises:
+        InvalidActionTokenError: Unknown, expired or used token.
+    """
+    user = await _redeem(session, token, EMAIL_VERIFICATION)
+    if not user.is_verified:
+        user.is_verified = True
+        audit.record(
+            session,
+            actor=None,
+            actor_id=user.id,
+            actor_name=user.display_name,
+            action="user.verify_email",
+            entity_type="user",
+            entity_id=user.id,
+            changes={"is_verified": {"old": False, "new": True}},
+        )
+    await session.commit()
+    await auth_cache.forget_user(session, user.id)
+
+
+async def request_password_reset(session: AsyncSession, email: str) -> None:
+    """Queue a reset email when an active account has this email.
+
+    The caller always answers 202, whether or not the account exists, so the
+    endpoint cannot be used to discover accounts.
+    """
+    user = await UserRepository(session).get_by_login(email)
+    if user is None or not user.is_active or "@" not in email:
+        return
+    events.emit(
+        session,
+        event_types.USER_PASSWORD_RESET_REQUESTED,
+        "user",
+        user.id,
+        {"user_id": user.id},
+    )
+    await session.commit()
+
+
+async def confirm_password_reset(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    guard: LoginGuard,
+    token: str,
+    new_password: str,
+) -> None:
+    """Set a new password from a reset token and end every session.
+
+    Raises:
+        InvalidActionTokenError: Unknown, expired or used token.
+    """
+    user = await _redeem(session, token, PASSWORD_RESET)
+    if user.email in new_password.lower():
+        await session.rollback()
+        raise PasswordLikeEmailError(
+            details=[
+                {"field": "body.new_password", "message": "must not contain the email"}
+            ]
+        )
+    before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
+    user.hashed_password = await hasher.hash(new_password)
+    user.token_version += 1
+    now = utcnow()
+    revoked = await SessionRepository(session).revoke(
+        now, "password_reset", user_id=user.id
+    )
+    await action_tokens.consume_all(session, user.id, PASSWORD_RESET, now)
+    audit.record(
+        session,
+        actor=None,
+        actor_id=user.id,
+        actor_name=user.display_name,
+        action="user.password_reset",
+        entity_type="user",
+        entity_id=user.id,
+        changes={
+            **audit.diff(before, audit.snapshot(user, audit.USER_AUDITED_FIELDS)),
+            "sessions_revoked": {"old": None, "new": len(revoked)},
+        },
+    )
+    events.emit(
+        session,
+        event_types.USER_PASSWORD_CHANGED,
+        "user",
+        user.id,
+        {"user_id": user.id},
+    )
+    await session.commit()
+    await auth_cache.forget_user(session, user.id)
+    await auth_cache.forget_sessions(session, revoked)
+    # Whoever holds the inbox now owns the account: lift any lockout.
+    await guard.record_success(guard.account_key(user.id, user.email))

@@ -1,0 +1,52 @@
+"""Record domain events in the outbox, in the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.events import Event
+from app.models.base import utcnow
+from app.models.outbox import OutboxEvent
+
+
+def emit(
+    session: AsyncSession,
+    event_type: str,
+    aggregate_type: str,
+    aggregate_id: object,
+    payload: dict[str, Any],
+) -> None:
+    """Add an event to the outbox; it is committed (or not) with the change.
+
+    Args:
+        session: The transaction of the change the event announces.
+        event_type: e.g. `user.created`.
+        aggregate_type: e.g. `user`.
+        aggregate_id: The aggregate's id; events of one aggregate keep their order.
+        payload: JSON-serialisable facts handlers need (no secrets).
+    """
+    session.add(
+        OutboxEvent(
+            event_id=uuid.uuid4().hex,
+            event_type=event_type,
+            aggregate_type=aggregate_type,
+            aggregate_id=str(aggregate_id),
+            payload=payload,
+            occurred_at=utcnow(),
+        )
+    )
+
+
+def to_event(row: OutboxEvent) -> Event:
+    """The wire form of an outbox row."""
+    return Event(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        occurred_at=row.occurred_at,
+        payload=row.payload,
+    )

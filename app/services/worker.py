@@ -1,0 +1,159 @@
+"""`python -m app worker`: consume the event stream with a consumer group.
+
+Each entry is acknowledged only after its handlers succeed. A failed entry stays
+pending and is re-claimed after a growing wait; one that keeps failing goes to
+the dead-letter stream with its error. Handlers are idempotent, so the
+at-least-once delivery never repeats a side effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from app.core import metrics
+from app.core.events import Event
+from app.models.base import utcnow
+from app.services.handlers import EventDispatcher
+
+logger = logging.getLogger("app.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """Names and limits of one consumer."""
+
+    stream: str
+    dead_letter_stream: str
+    group: str
+    consumer: str
+    max_deliveries: int = 5
+    retry_base_seconds: float = 1.0
+    handler_timeout_seconds: float = 30.0
+    batch_size: int = 10
+    block_ms: int = 1000
+
+
+class StreamConsumer:
+    """Reads the event stream as one member of a consumer group."""
+
+    def __init__(
+        self, redis: Redis, dispatcher: EventDispatcher, settings: ConsumerSettings
+    ) -> None:
+        """Consume with `redis`, handing events to `dispatcher`."""
+        self.redis = redis
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    async def ensure_group(self) -> None:
+        """Create the group (from the stream's start) unless it exists."""
+        try:
+            await self.redis.xgroup_create(
+                self.settings.stream, self.settings.group, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _retry_after_ms(self, deliveries: int) -> int:
+        backoff = self.settings.retry_base_seconds * 2 ** max(deliveries - 1, 0)
+        # Never steal an entry a live consumer may still be working on.
+        return int(max(backoff, self.settings.handler_timeout_seconds) * 1000)
+
+    async def _due_for_retry(self) -> list[tuple[str, dict[str, str], int]]:
+        s = self.settings
+        pending: list[dict[str, Any]] = await self.redis.xpending_range(
+            s.stream, s.group, min="-", max="+", count=s.batch_size
+        )
+        claimed = []
+        for entry in pending:
+            deliveries = int(entry["times_delivered"])
+            wait = self._retry_after_ms(deliveries)
+            if int(entry["time_since_delivered"]) < wait:
+                continue
+            messages: Any = await self.redis.xclaim(
+                s.stream,
+                s.group,
+                s.consumer,
+                min_idle_time=wait,
+                message_ids=[entry["message_id"]],
+            )
+            claimed += [(mid, fields or {}, deliveries + 1) for mid, fields in messages]
+        return claimed
+
+    async def _read_new(self) -> list[tuple[str, dict[str, str], int]]:
+        s = self.settings
+        response: Any = await self.redis.xreadgroup(
+            s.group, s.consumer, {s.stream: ">"}, count=s.batch_size, block=s.block_ms
+        )
+        return [
+            (message_id, fields, 1)
+            for _, messages in response or []
+            for message_id, fields in messages
+        ]
+
+    async def process_once(self) -> int:
+        """Handle due retries, then new entries. Returns how many were handled."""
+        batch = await self._due_for_retry() + await self._read_new()
+        for message_id, fields, deliveries in batch:
+            await self._handle(message_id, fields, deliveries)
+        return len(batch)
+
+    async def _handle(
+        self, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> None:
+        s = self.settings
+        try:
+            event = Event.from_fields(fields)
+        except (KeyError, ValueError) as exc:
+            await self._dead_letter(message_id, fields, exc, deliveries)
+            return
+        try:
+            async with asyncio.timeout(s.handler_timeout_seconds):
+                await self.dispatcher.dispatch(event)
+        except Exception as exc:
+            if deliveries >= s.max_deliveries:
+                await self._dead_letter(message_id, fields, exc, deliveries)
+            return  # stays pending: re-claimed after the backoff
+        await self.redis.xack(s.stream, s.group, message_id)
+
+    async def _dead_letter(
+        self, message_id: str, fields: dict[str, str], error: Exception, deliveries: int
+    ) -> None:
+        s = self.settings
+        entry = {
+            **fields,
+            "original_id": message_id,
+            "error": f"{type(error).__name__}: {error}"[:2000],
+            "deliveries": str(deliveries),
+            "dead_lettered_at": utcnow().isoformat(),
+        }
+        await self.redis.xadd(s.dead_letter_stream, entry)  # type: ignore[arg-type]
+        await self.redis.xack(s.stream, s.group, message_id)
+        metrics.EVENTS_DEAD_LETTERED.labels(fields.get("event_type", "unknown")).inc()
+        logger.error(
+            "event dead-lettered",
+            extra={
+                "event": "event_dead_lettered",
+                "message_id": message_id,
+                "event_type": fields.get("event_type"),
+                "deliveries": deliveries,
+            },
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; Redis outages are waited out."""
+        while not stop.is_set():
+            try:
+                await self.ensure_group()
+                await self.process_once()
+            except Exception:  # Redis down or a bug: log and keep serving
+                logger.exception("consumer pass failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
