@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.docs import install_docs
-from app.api.v1.endpoints import health
+from app.api.v1.endpoints import health, metrics
 from app.api.v1.endpoints.items import ATTACHMENT_UPLOAD_PATH
 from app.api.v1.router import api_router
 from app.api.v2.router import api_router as api_v2_router
@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.login_attempts = login_attempt_store(settings, redis)
     app.state.auth_cache = auth_cache(settings, redis)
     app.state.rate_limiter = RateLimiter(
-        storage_for(settings.REDIS_URL), enabled=settings.RATE_LIMIT_ENABLED
+        storage_for(settings.REDIS_URL),
+        enabled=settings.RATE_LIMIT_ENABLED,
+        prefix=f"{settings.REDIS_KEY_PREFIX}rl",
     )
     app.state.storage = LocalFileStorage(settings.STORAGE_DIR)
     app.state.redis = redis
@@ -82,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     register_exception_handlers(app)
     app.include_router(health.router)
+    if settings.METRICS_ENABLED:
+        app.include_router(metrics.router)
     app.include_router(api_router, prefix=settings.API_V1_STR)
     app.include_router(api_v2_router, prefix="/api/v2")
     install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import email
 import io
 import logging
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.message import EmailMessage as MimeMessage
+from email.policy import default as default_policy
+from typing import Any
+from urllib.parse import unquote
+
+from aiosmtpd.controller import Controller
 
 from app.core.logging import JsonFormatter
 
@@ -22,3 +31,57 @@ def capture_logs() -> Iterator[io.StringIO]:
         yield stream
     finally:
         root.removeHandler(handler)
+
+
+class MailSink:
+    """A real SMTP server (aiosmtpd) on a free loopback port; keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.messages: list[MimeMessage] = []
+        self.controller = Controller(self, hostname="127.0.0.1", port=_free_port())
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(
+            email.message_from_bytes(envelope.content, policy=default_policy)  # type: ignore[arg-type]
+        )
+        return "250 OK"
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)
+
+    def to(self, address: str) -> list[MimeMessage]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@contextmanager
+def mail_sink() -> Iterator[MailSink]:
+    """Run a `MailSink` for the duration of the block."""
+    sink = MailSink()
+    sink.controller.start()
+    try:
+        yield sink
+    finally:
+        sink.controller.stop()
+
+
+def body_text(message: MimeMessage) -> str:
+    """The plain-text part of an email."""
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    text: str = part.get_content()
+    return text
+
+
+def token_from(message: MimeMessage) -> str:
+    """The `token` query parameter of the link in an email."""
+    match = re.search(r"[?&]token=([A-Za-z0-9_%\-.~]+)", body_text(message))
+    assert match, body_text(message)
+    return unquote(match.group(1))

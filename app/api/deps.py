@@ -117,7 +117,9 @@ async def get_principal(
             extra=_event("insufficient_scope", request, missing=missing),
         )
         raise InsufficientScopeError(" ".join(security_scopes.scopes))
-    if request.method not in SAFE_METHODS:
+    # Resource writes are limited per user; the auth routes (logout, password
+    # change, ...) have their own per-IP limit and must stay usable.
+    if request.method not in SAFE_METHODS and "/auth/" not in request.url.path:
         await _enforce(
             request,
             response,

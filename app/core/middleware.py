@@ -13,6 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core import metrics
 from app.core.exceptions import error_response
 from app.core.logging import client_ip_var, request_id_var
 
@@ -162,20 +163,44 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _log_access(scope: Scope, status: int, started: float) -> None:
-        route = scope.get("route")
         state: dict[str, Any] = scope.get("state", {})
+        elapsed = time.perf_counter() - started
+        template = route_template(scope)
         access_logger.info(
             "request",
             extra={
                 "method": scope["method"],
                 "path": scope["path"],
-                "route": getattr(route, "path", None),
+                "route": template,
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
                 "client_ip": _client_ip(scope),
                 "user_id": state.get("user_id"),
             },
         )
+        label = template or "unmatched"  # never raw paths: unbounded label values
+        metrics.REQUESTS.labels(scope["method"], label, str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(scope["method"], label).observe(elapsed)
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's template with its mount prefix, e.g. `/api/v1/items/{item_id}`.
+
+    FastAPI reports the route as declared in its router (without the prefix it
+    was included under), so the prefix is recovered from the request path.
+    """
+    route = scope.get("route")
+    template: str | None = getattr(route, "path", None)
+    regex = getattr(route, "path_regex", None)
+    if template is None or regex is None:
+        return template
+    path: str = scope["path"]
+    if regex.match(path):
+        return template
+    for index, char in enumerate(path):
+        if char == "/" and index and regex.match(path[index:]):
+            return path[:index] + template
+    return template
 
 
 def _too_large_response() -> Any:

@@ -36,6 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "ENVIRONMENT": "test",
         "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "LOGIN_IP_MAX_FAILURES": "100000",
+        "RATE_LIMIT_ENABLED": "false",
         "LOG_LEVEL": "WARNING",
     }
     env.pop("REDIS_URL", None)

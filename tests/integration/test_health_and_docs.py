@@ -32,7 +32,10 @@ async def test_health_reports_service_and_version(client: AsyncClient) -> None:
 async def test_ready_when_database_answers(client: AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "components": {"database": "ok"}}
+    assert response.json() == {
+        "status": "ready",
+        "components": {"database": "ok", "email": "closed"},
+    }
 
 
 async def probe(**settings: object) -> tuple[int, dict[str, object]]:
@@ -62,14 +65,14 @@ async def test_not_ready_when_redis_is_down(database_url: str) -> None:
     error = body["error"]
     assert isinstance(error, dict)
     assert {d["field"]: d["message"] for d in error["details"]}["database"] == "ok"
-    assert [d["field"] for d in error["details"]] == ["database", "redis"]
+    assert [d["field"] for d in error["details"]] == ["database", "redis", "email"]
 
 
 @pytest.mark.skipif(TEST_REDIS_URL is None, reason="TEST_REDIS_URL not set")
 async def test_ready_with_redis(database_url: str) -> None:
     status, body = await probe(DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL)
     assert status == 200
-    assert body["components"] == {"database": "ok", "redis": "ok"}
+    assert body["components"] == {"database": "ok", "redis": "ok", "email": "closed"}
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])

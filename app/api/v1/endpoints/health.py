@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from app.api.deps import DatabaseDep, SettingsDep
@@ -44,14 +44,24 @@ async def health(settings: SettingsDep) -> HealthOut:
     summary="Readiness probe",
     responses={503: {**ERROR_RESPONSE, "description": "A dependency is down"}},
 )
-async def ready(settings: SettingsDep, database: DatabaseDep) -> ReadyOut:
-    """Answer 200 when the database (and Redis, if configured) answer in time."""
+async def ready(
+    request: Request, settings: SettingsDep, database: DatabaseDep
+) -> ReadyOut:
+    """Answer 200 when the database (and Redis, if configured) answer in time.
+
+    The mail circuit breaker is reported too (`email`: closed / open /
+    half_open) but does not make the instance unready: the API still serves,
+    and queued emails wait for the mail server.
+    """
     statuses = await check_readiness(
         database.engine, settings.REDIS_URL, settings.READY_TIMEOUT_SECONDS
     )
+    email = request.app.state.email_transport.breaker_state
     if all(status.ok for status in statuses):
-        return ReadyOut(components={status.name: "ok" for status in statuses})
+        components = {status.name: "ok" for status in statuses}
+        return ReadyOut(components={**components, "email": email})
     details: list[dict[str, Any]] = [
         {"field": status.name, "message": status.detail} for status in statuses
     ]
+    details.append({"field": "email", "message": email})
     raise ServiceUnavailableError("Not ready", details=details)

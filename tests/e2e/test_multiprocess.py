@@ -1,0 +1,244 @@
+"""Several processes working together: 2 API servers + 1 worker, Redis, one database.
+
+Real subprocesses on loopback ports, a Redis server the test starts on its own
+port (so it can stop it), and a real SMTP server in the test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.database import upgrade_to_head
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    _create_postgres_database,
+    _drop_postgres_database,
+)
+from tests.e2e.test_server import free_port, wait_until_up
+from tests.helpers import MailSink, mail_sink
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server not installed"
+)
+PASSWORD = "Multi-Proc-Pass-1"
+
+
+class RedisProcess:
+    """A private redis-server that can be stopped and started again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with httpx.Client() as _:
+                    import socket
+
+                    socket.create_connection(
+                        ("127.0.0.1", self.port), timeout=0.2
+                    ).close()
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    with mail_sink() as running:
+        yield running
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[str]:
+    """PostgreSQL when the suite has it (several processes share it), else SQLite."""
+    if TEST_DATABASE_URL is None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'multi.db'}"
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+        return
+    name, url = await _create_postgres_database(TEST_DATABASE_URL)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+    finally:
+        await _drop_postgres_database(TEST_DATABASE_URL, name)
+
+
+@pytest.fixture
+def cluster(
+    database: str, sink: MailSink, tmp_path: Path
+) -> Iterator[tuple[list[str], RedisProcess]]:
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DATABASE_", "REDIS_"))
+        },
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": "multi-process-test-secret-key-0123456789abcdef",
+        "DATABASE_URL": database,
+        "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(sink.port),
+        "SMTP_TLS": "false",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_AUTH": "1000/minute",
+        "RATE_LIMIT_WRITES": "4/minute",
+        "OUTBOX_POLL_SECONDS": "0.2",
+        "EVENT_HANDLER_TIMEOUT_SECONDS": "10",
+        "LOG_LEVEL": "WARNING",
+        "STORAGE_DIR": str(tmp_path / "files"),
+    }
+    ports = [free_port(), free_port()]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for port in ports
+    ]
+    processes.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "--name", "w1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for base, process in zip(bases, processes, strict=False):
+            wait_until_up(base, process)
+        yield bases, redis
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+        redis.stop()
+
+
+def signup(base: str, index: int) -> httpx.Response:
+    body = {
+        "email": f"user{index}@example.com",
+        "username": f"user{index}",
+        "password": PASSWORD,
+        "confirm_password": PASSWORD,
+        "first_name": "Multi",
+        "last_name": f"User{index}",
+    }
+    return httpx.post(f"{base}/api/v1/auth/signup", json=body, timeout=30)
+
+
+def login(base: str, username: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{base}/api/v1/auth/login",
+        data={"username": username, "password": PASSWORD},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    tokens: dict[str, Any] = response.json()
+    return tokens
+
+
+def wait_for_mail(sink: MailSink, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sink.messages) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_processes_share_limits_logouts_and_deliver_every_event_once(
+    cluster: tuple[list[str], RedisProcess], sink: MailSink
+) -> None:
+    (a, b), redis = cluster
+
+    # A signup on one process: exactly one welcome email, sent by the worker.
+    assert signup(a, 0).status_code == 201
+    wait_for_mail(sink, 1)
+    time.sleep(1)
+    assert [m["To"] for m in sink.messages] == ["user0@example.com"]
+
+    # Rate limits are shared: 4 writes per minute per user, across both processes.
+    token = login(b, "user0")["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    codes = [
+        httpx.post(
+            f"{base}/api/v1/items", json={"title": "t"}, headers=headers
+        ).status_code
+        for base in (a, b, a, b, a)
+    ]
+    assert codes == [201, 201, 201, 201, 429]
+
+    # A logout on A is honoured by B at once (B had the user cached in Redis).
+    session = login(a, "user0")
+    session_headers = {"Authorization": f"Bearer {session['access_token']}"}
+    assert httpx.get(f"{b}/api/v1/users/me", headers=session_headers).status_code == 200
+    assert (
+        httpx.post(f"{a}/api/v1/auth/logout", headers=session_headers).status_code
+        == 204
+    )
+    assert httpx.get(f"{b}/api/v1/users/me", headers=session_headers).status_code == 401
+
+    # Redis goes away while 50 users sign up: the API keeps serving...
+    redis.stop()
+    statuses = [signup(a if i % 2 else b, i).status_code for i in range(1, 51)]
+    assert statuses == [201] * 50
+    assert httpx.get(f"{a}/ready").status_code == 503
+    # ...and once Redis is back, every event is delivered, none twice.
+    redis.start()
+    wait_for_mail(sink, 51)
+    time.sleep(2)  # anything extra would arrive now
+    received = Counter(m["To"] for m in sink.messages)
+    assert len(received) == 51
+    assert set(received.values()) == {1}
+    assert httpx.get(f"{a}/ready").status_code == 200

@@ -1,0 +1,393 @@
+"""Domain events on the embedded default: outbox, in-process relay, email handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import time_machine
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.events import Event
+from app.main import create_app
+from app.models import OutboxEvent
+from app.services.events import to_event
+from app.services.handlers import Handler
+from tests.conftest import (
+    DEFAULT_PASSWORD,
+    bearer,
+    login,
+    make_settings,
+    make_user,
+    truncate_all,
+)
+from tests.helpers import MailSink, body_text, mail_sink, token_from
+
+SIGNUP = "/api/v1/auth/signup"
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    with mail_sink() as running:
+        yield running
+
+
+@pytest.fixture
+async def mail_app(
+    database_url: str, sink: MailSink, tmp_path: Any
+) -> AsyncIterator[Any]:
+    """An app whose handlers send through the in-process SMTP server."""
+    app = create_app(
+        make_settings(
+            DATABASE_URL=database_url,
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=sink.port,
+            SMTP_TLS=False,
+            STORAGE_DIR=str(tmp_path),
+            EVENT_RETRY_BASE_SECONDS=0.01,
+            EVENT_MAX_DELIVERIES=3,
+        )
+    )
+    await truncate_all(app.state.database.engine)
+    yield app
+    await app.state.database.dispose()
+
+
+@pytest.fixture
+async def http(mail_app: Any) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=mail_app, client=("198.51.100.9", 5000))
+    async with AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client
+
+
+async def outbox(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT * FROM outbox_events ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+async def relay(app: Any) -> int:
+    sent: int = await app.state.events.relay.publish_pending()
+    return sent
+
+
+async def drain(app: Any) -> None:
+    """Relay until nothing is left (each pass sends one event per aggregate)."""
+    while await relay(app):
+        pass
+
+
+async def test_signup_writes_one_event_in_its_transaction(
+    client: AsyncClient, engine: AsyncEngine, signup_payload: dict[str, Any]
+) -> None:
+    await client.post(SIGNUP, json=signup_payload)
+    await client.post(SIGNUP, json=signup_payload)  # 409: writes nothing
+
+    [event] = await outbox(engine)
+    assert event["event_type"] == "user.created"
+    assert event["aggregate_type"] == "user"
+    assert event["published_at"] is None
+
+
+async def test_signup_sends_exactly_one_welcome_email(
+    mail_app: Any, http: AsyncClient, sink: MailSink, signup_payload: dict[str, Any]
+) -> None:
+    await http.post(SIGNUP, json=signup_payload)
+
+    assert await relay(mail_app) == 1
+    assert await relay(mail_app) == 0  # nothing left to publish
+    [message] = sink.messages
+    assert message["To"] == "ada.lovelace@example.com"
+    assert "Welcome" in message["Subject"]
+    assert "Ada" in body_text(message)
+    [row] = await outbox(mail_app.state.database.engine)
+    assert row["published_at"] is not None
+
+
+async def test_a_duplicate_delivery_is_ignored(
+    mail_app: Any, http: AsyncClient, sink: MailSink, signup_payload: dict[str, Any]
+) -> None:
+    """The relay crashing between publish and mark-published re-sends the event."""
+    await http.post(SIGNUP, json=signup_payload)
+    async with mail_app.state.database.sessionmaker() as session:
+        row = (await session.execute(OutboxEvent.__table__.select())).first()
+        assert row is not None
+    event = Event(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        aggregate_type=row.aggregate_type,
+        aggregate_id=row.aggregate_id,
+        occurred_at=row.occurred_at,
+        payload=row.payload,
+    )
+    dispatcher = mail_app.state.events.dispatcher
+
+    await dispatcher.dispatch(event)  # published, then the relay "crashed"
+    await relay(mail_app)  # the relay publishes it again after a restart
+    await dispatcher.dispatch(event)
+
+    assert len(sink.messages) == 1
+
+
+async def test_item_events_keep_their_order(
+    app: Any, client: AsyncClient, engine: AsyncEngine, alice: Any
+) -> None:
+    token = (await login(client, "alice"))["access_token"]
+    created = await client.post(
+        "/api/v1/items", json={"title": "a"}, headers=bearer(token)
+    )
+    item_id = created.json()["data"]["id"]
+    await client.patch(
+        f"/api/v1/items/{item_id}", json={"title": "b"}, headers=bearer(token)
+    )
+    await client.delete(f"/api/v1/items/{item_id}", headers=bearer(token))
+
+    item_events = [e for e in await outbox(engine) if e["aggregate_type"] == "item"]
+    assert [e["event_type"] for e in item_events] == [
+        "item.created",
+        "item.updated",
+        "item.deleted",
+    ]
+    assert all(e["aggregate_id"] == str(item_id) for e in item_events)
+
+
+async def test_status_and_password_events(
+    app: Any, client: AsyncClient, engine: AsyncEngine, alice: Any, admin: Any
+) -> None:
+    root = (await login(client, "root"))["access_token"]
+    await client.patch(
+        f"/api/v1/users/{alice.id}", json={"is_active": False}, headers=bearer(root)
+    )
+    await client.patch(
+        f"/api/v1/users/{alice.id}", json={"is_active": True}, headers=bearer(root)
+    )
+    alice_token = (await login(client, "alice"))["access_token"]
+    await client.post(
+        "/api/v1/users/me/password",
+        json={
+            "current_password": DEFAULT_PASSWORD,
+            "new_password": "Other-Pass-1",
+            "confirm_password": "Other-Pass-1",
+        },
+        headers=bearer(alice_token),
+    )
+    types = [
+        e["event_type"]
+        for e in await outbox(engine)
+        if e["aggregate_id"] == str(alice.id)
+    ]
+    assert types[-3:] == ["user.deactivated", "user.activated", "user.password_changed"]
+
+
+class TestFailures:
+    async def test_failing_handler_is_retried_then_given_up(
+        self, mail_app: Any, http: AsyncClient, signup_payload: dict[str, Any]
+    ) -> None:
+        calls: list[str] = []
+
+        async def broken(event: Event) -> None:
+            calls.append(event.event_id)
+            raise RuntimeError("mail server on fire")
+
+        dispatcher = mail_app.state.events.dispatcher
+        dispatcher.handlers["user.created"] = [
+            Handler("broken", mail_app.state.database.sessionmaker, broken)
+        ]
+        await http.post(SIGNUP, json=signup_payload)
+        engine = mail_app.state.database.engine
+
+        assert await relay(mail_app) == 0
+        [row] = await outbox(engine)
+        assert (row["attempts"], row["published_at"]) == (1, None)
+        assert "mail server on fire" in row["last_error"]
+        for step in range(1, 6):
+            with time_machine.travel(timedelta(minutes=10 * step), tick=True):
+                await relay(mail_app)
+        [row] = await outbox(engine)
+        assert (
+            row["attempts"] == 3
+        )  # EVENT_MAX_DELIVERIES: given up, kept for inspection
+        assert len(calls) == 3
+
+    async def test_a_stuck_event_holds_back_only_its_own_aggregate(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        failing = {"first": True}
+
+        async def flaky(event: Event) -> None:
+            if failing["first"]:
+                failing["first"] = False
+                raise RuntimeError("transient")
+
+        dispatcher = mail_app.state.events.dispatcher
+        dispatcher.on(
+            "user.deactivated",
+            Handler("flaky", mail_app.state.database.sessionmaker, flaky),
+        )
+        await make_user(mail_app, "root", role="admin")
+        victim = await make_user(mail_app, "victim")
+        other = await make_user(mail_app, "other")
+        token = (await login(http, "root"))["access_token"]
+        await relay(mail_app)  # the three user.created events go out first
+        for user in (victim, other):
+            await http.patch(
+                f"/api/v1/users/{user.id}",
+                json={"is_active": False},
+                headers=bearer(token),
+            )
+        await http.patch(
+            f"/api/v1/users/{victim.id}",
+            json={"is_active": True},
+            headers=bearer(token),
+        )
+
+        await relay(mail_app)
+        rows = await outbox(mail_app.state.database.engine)
+        state = {(r["aggregate_id"], r["event_type"]): r["published_at"] for r in rows}
+        assert state[(str(victim.id), "user.deactivated")] is None  # failed once
+        assert state[(str(victim.id), "user.activated")] is None  # waits behind it
+        assert state[(str(other.id), "user.deactivated")] is not None  # unaffected
+
+        with time_machine.travel(timedelta(seconds=5), tick=True):
+            await relay(mail_app)
+            await relay(mail_app)
+        rows = await outbox(mail_app.state.database.engine)
+        assert all(r["published_at"] is not None for r in rows)
+        published = [r for r in rows if r["aggregate_id"] == str(victim.id)]
+        assert [
+            r["event_type"] for r in sorted(published, key=lambda r: r["published_at"])
+        ][-2:] == ["user.deactivated", "user.activated"]
+
+
+class TestEmailFlows:
+    async def test_email_verification(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        token = (await login(http, "ada", "Analytical1"))["access_token"]
+
+        requested = await http.post(
+            "/api/v1/auth/verify-email/request", headers=bearer(token)
+        )
+        await drain(mail_app)
+
+        assert requested.status_code == 202
+        [mail] = [m for m in sink.messages if "verify" in body_text(m).lower()]
+        link_token = token_from(mail)
+        assert "http://localhost:3000/verify-email?token=" in body_text(mail)
+        confirmed = await http.post(
+            "/api/v1/auth/verify-email/confirm", json={"token": link_token}
+        )
+        again = await http.post(
+            "/api/v1/auth/verify-email/confirm", json={"token": link_token}
+        )
+        me = await http.get("/api/v1/users/me", headers=bearer(token))
+        assert confirmed.status_code == 204
+        assert again.status_code == 400
+        assert again.json()["error"]["code"] == "INVALID_OR_EXPIRED_TOKEN"
+        assert me.json()["data"]["is_verified"] is True
+        async with mail_app.state.database.engine.connect() as connection:
+            stored = (
+                (await connection.execute(text("SELECT token_hash FROM action_tokens")))
+                .scalars()
+                .all()
+            )
+        assert link_token not in stored  # hashed at rest
+
+    async def test_password_reset(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        old_session = await login(http, "ada", "Analytical1")
+
+        unknown = await http.post(
+            "/api/v1/auth/password-reset/request", json={"email": "ghost@example.com"}
+        )
+        known = await http.post(
+            "/api/v1/auth/password-reset/request",
+            json={"email": "ADA.lovelace@example.com"},
+        )
+        await drain(mail_app)
+
+        assert unknown.status_code == known.status_code == 202
+        assert unknown.json() == known.json()  # no account enumeration
+        resets = [m for m in sink.messages if "reset-password?token=" in body_text(m)]
+        assert [m["To"] for m in resets] == ["ada.lovelace@example.com"]
+        link_token = token_from(resets[0])
+        body = {
+            "token": link_token,
+            "new_password": "Fresh-Start-42",
+            "confirm_password": "Fresh-Start-42",
+        }
+        confirmed = await http.post("/api/v1/auth/password-reset/confirm", json=body)
+        reused = await http.post("/api/v1/auth/password-reset/confirm", json=body)
+
+        assert confirmed.status_code == 204
+        assert reused.status_code == 400
+        me = await http.get(
+            "/api/v1/users/me", headers=bearer(old_session["access_token"])
+        )
+        assert me.status_code == 401  # every session revoked
+        refreshed = await http.post(
+            "/api/v1/auth/refresh", json={"refresh_token": old_session["refresh_token"]}
+        )
+        assert refreshed.status_code == 401
+        await login(http, "ada", "Fresh-Start-42")
+
+    async def test_expired_reset_token(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        await http.post(
+            "/api/v1/auth/password-reset/request",
+            json={"email": "ada.lovelace@example.com"},
+        )
+        await drain(mail_app)
+        link_token = token_from(
+            next(m for m in sink.messages if "reset" in body_text(m).lower())
+        )
+        with time_machine.travel(timedelta(minutes=61), tick=True):
+            response = await http.post(
+                "/api/v1/auth/password-reset/confirm",
+                json={
+                    "token": link_token,
+                    "new_password": "Fresh-Start-42",
+                    "confirm_password": "Fresh-Start-42",
+                },
+            )
+        assert response.status_code == 400
+
+
+def test_event_round_trips_through_stream_fields() -> None:
+    from datetime import UTC, datetime
+
+    event = Event(
+        "e1",
+        "user.created",
+        "user",
+        "7",
+        datetime(2026, 1, 1, tzinfo=UTC),
+        {"a": [1, 2]},
+    )
+    assert Event.from_fields(event.to_fields()) == event
+    assert to_event  # the outbox row mapper is importable from the service

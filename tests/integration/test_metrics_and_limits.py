@@ -1,0 +1,116 @@
+"""/metrics, and the in-process rate limiter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from httpx import ASGITransport, AsyncClient
+
+from app.main import create_app
+from app.models import User
+from tests.conftest import (
+    DEFAULT_PASSWORD,
+    bearer,
+    login,
+    make_settings,
+    make_user,
+    truncate_all,
+)
+
+
+@asynccontextmanager
+async def app_client(
+    database_url: str, **settings: Any
+) -> AsyncIterator[tuple[Any, AsyncClient]]:
+    app = create_app(make_settings(DATABASE_URL=database_url, **settings))
+    await truncate_all(app.state.database.engine)
+    transport = ASGITransport(app=app, client=("192.0.2.77", 999))
+    async with AsyncClient(transport=transport, base_url="http://t") as http:
+        yield app, http
+    await app.state.database.dispose()
+
+
+async def test_metrics_expose_requests_outbox_and_email(
+    client: AsyncClient, alice: User
+) -> None:
+    token = (await login(client, "alice"))["access_token"]
+    await client.get("/api/v1/users/me", headers=bearer(token))
+    await client.post("/api/v1/items", json={"title": "m"}, headers=bearer(token))
+
+    text = (await client.get("/metrics")).text
+
+    assert (
+        'http_requests_total{method="GET",route="/api/v1/users/me",status="200"}'
+        in text
+    )
+    assert "http_request_duration_seconds_bucket" in text
+    assert "outbox_backlog_events 2.0" in text  # alice's user.created + item.created
+    assert "outbox_oldest_event_age_seconds" in text
+    assert "email_circuit_breaker_open 0.0" in text
+    assert "db_pool_connections_in_use" in text
+    assert "events_handled_total" in text or "events_failed_total" in text
+
+
+async def test_metrics_can_require_a_token(database_url: str) -> None:
+    async with app_client(database_url, METRICS_TOKEN="scrape-secret-123") as (_, http):
+        denied = await http.get("/metrics")
+        allowed = await http.get("/metrics", headers=bearer("scrape-secret-123"))
+    assert denied.status_code == 401
+    assert allowed.status_code == 200
+
+
+async def test_metrics_can_be_turned_off(database_url: str) -> None:
+    async with app_client(database_url, METRICS_ENABLED=False) as (_, http):
+        assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_auth_routes_are_limited_per_ip(database_url: str) -> None:
+    async with app_client(
+        database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT_AUTH="2/minute"
+    ) as (
+        app,
+        http,
+    ):
+        await make_user(app, "ipuser")
+        form = {"username": "ipuser", "password": DEFAULT_PASSWORD}
+        first = await http.post("/api/v1/auth/login", data=form)
+        second = await http.post("/api/v1/auth/login", data=form)
+        third = await http.post("/api/v1/auth/login", data=form)
+        health = await http.get("/health")
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert first.headers["ratelimit-limit"] == "2"
+    assert third.json()["error"]["code"] == "RATE_LIMITED"
+    assert "retry-after" in third.headers
+    assert health.status_code == 200  # only the auth routes are limited by IP
+
+
+async def test_writes_are_limited_per_user(database_url: str) -> None:
+    async with app_client(
+        database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT_WRITES="3/minute"
+    ) as (app, http):
+        await make_user(app, "writer")
+        await make_user(app, "other")
+        writer = (await login(http, "writer"))["access_token"]
+        other = (await login(http, "other"))["access_token"]
+        codes = [
+            (
+                await http.post(
+                    "/api/v1/items", json={"title": f"{i}"}, headers=bearer(writer)
+                )
+            ).status_code
+            for i in range(4)
+        ]
+        reads = await http.get("/api/v1/items", headers=bearer(writer))
+        someone_else = await http.post(
+            "/api/v1/items", json={"title": "x"}, headers=bearer(other)
+        )
+    assert codes == [201, 201, 201, 429]
+    assert reads.status_code == 200  # reads are not writes
+    assert someone_else.status_code == 201  # the limit is per user
+
+
+async def test_disabled_limits_never_refuse(client: AsyncClient, alice: User) -> None:
+    for _ in range(30):
+        await login(client, "alice")

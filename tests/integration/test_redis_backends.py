@@ -1,0 +1,247 @@
+"""Redis-backed platform: event stream + worker, shared limits, lockouts and cache."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
+
+from app.core.events import Event
+from app.main import create_app
+from app.services.eventing import consumer_settings
+from app.services.handlers import Handler
+from app.services.worker import StreamConsumer
+from tests.conftest import (
+    DEFAULT_PASSWORD,
+    TEST_REDIS_URL,
+    bearer,
+    login,
+    make_settings,
+    make_user,
+    truncate_all,
+)
+from tests.helpers import MailSink, mail_sink
+
+pytestmark = pytest.mark.skipif(TEST_REDIS_URL is None, reason="TEST_REDIS_URL not set")
+
+
+@pytest.fixture
+def sink() -> Iterator[MailSink]:
+    with mail_sink() as running:
+        yield running
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A private key prefix; every key under it is deleted afterwards."""
+    name = f"test:{uuid.uuid4().hex[:10]}:"
+    yield name
+    redis = Redis.from_url(str(TEST_REDIS_URL))
+    keys = [key async for key in redis.scan_iter(f"{name}*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_app(
+    database_url: str, prefix: str, sink: MailSink, tmp_path: Any
+) -> AsyncIterator[AppFactory]:
+    """Build apps sharing one Redis prefix (as several API processes would)."""
+    apps: list[Any] = []
+
+    def build(**overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": TEST_REDIS_URL,
+            "REDIS_KEY_PREFIX": prefix,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": sink.port,
+            "SMTP_TLS": False,
+            "STORAGE_DIR": str(tmp_path),
+            "EVENT_MAX_DELIVERIES": 2,
+            "EVENT_RETRY_BASE_SECONDS": 0.01,
+            "EVENT_HANDLER_TIMEOUT_SECONDS": 0.2,
+        }
+        values.update(overrides)
+        app = create_app(make_settings(**values))
+        apps.append(app)
+        return app
+
+    first = build()
+    await truncate_all(first.state.database.engine)
+    yield build
+    for app in apps:
+        if app.state.redis is not None:
+            await app.state.redis.aclose()
+        await app.state.database.dispose()
+
+
+@asynccontextmanager
+async def client_for(app: Any) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=app, client=("192.0.2.50", 1234))
+    async with AsyncClient(transport=transport, base_url="http://t") as http:
+        yield http
+
+
+def consumer(app: Any, name: str = "c1") -> StreamConsumer:
+    settings = app.state.settings
+    return StreamConsumer(
+        app.state.redis, app.state.events.dispatcher, consumer_settings(settings, name)
+    )
+
+
+async def test_events_flow_through_the_stream_to_the_worker(
+    make_app: AppFactory, sink: MailSink
+) -> None:
+    app = make_app()
+    await make_user(app, "streamer")
+    worker = consumer(app)
+    await worker.ensure_group()
+
+    assert await app.state.events.relay.publish_pending() == 1
+    assert sink.messages == []  # nothing is handled in the API process
+    handled = await worker.process_once()
+
+    assert handled == 1
+    assert [m["To"] for m in sink.messages] == ["streamer@example.com"]
+    stream = worker.settings.stream
+    pending = await app.state.redis.xpending(stream, worker.settings.group)
+    assert pending["pending"] == 0  # acknowledged
+
+
+async def test_duplicate_stream_entries_send_one_email(
+    make_app: AppFactory, sink: MailSink
+) -> None:
+    app = make_app()
+    await make_user(app, "dupe")
+    worker = consumer(app)
+    await worker.ensure_group()
+    await app.state.events.relay.publish_pending()
+    [(_, fields)] = await app.state.redis.xrange(worker.settings.stream)
+    await app.state.redis.xadd(worker.settings.stream, fields)  # re-published
+
+    await worker.process_once()
+    await worker.process_once()
+
+    assert len(sink.messages) == 1
+
+
+async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+
+    async def always_fails(event: Event) -> None:
+        raise RuntimeError("cannot handle this")
+
+    app.state.events.dispatcher.handlers["user.created"] = [
+        Handler("always_fails", app.state.database.sessionmaker, always_fails)
+    ]
+    await make_user(app, "doomed")
+    worker = consumer(app)
+    await worker.ensure_group()
+    await app.state.events.relay.publish_pending()
+
+    for _ in range(20):
+        await worker.process_once()
+        dead = await app.state.redis.xrange(worker.settings.dead_letter_stream)
+        if dead:
+            break
+        await asyncio.sleep(0.1)
+
+    [(_, entry)] = dead
+    assert entry["event_type"] == "user.created"
+    assert "cannot handle this" in entry["error"]
+    assert entry["deliveries"] == "2"
+    pending = await app.state.redis.xpending(
+        worker.settings.stream, worker.settings.group
+    )
+    assert pending["pending"] == 0
+
+
+async def test_rate_limits_are_shared_between_processes(make_app: AppFactory) -> None:
+    first = make_app(RATE_LIMIT_ENABLED=True, RATE_LIMIT_AUTH="3/minute")
+    second = make_app(RATE_LIMIT_ENABLED=True, RATE_LIMIT_AUTH="3/minute")
+    await make_user(first, "limited")
+    form = {"username": "limited", "password": DEFAULT_PASSWORD}
+    async with client_for(first) as a, client_for(second) as b:
+        responses = [
+            await a.post("/api/v1/auth/login", data=form),
+            await b.post("/api/v1/auth/login", data=form),
+            await a.post("/api/v1/auth/login", data=form),
+            await b.post("/api/v1/auth/login", data=form),
+        ]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    refused = responses[-1]
+    assert refused.json()["error"]["code"] == "RATE_LIMITED"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert responses[0].headers["ratelimit-remaining"] == "2"
+
+
+async def test_lockouts_are_shared_between_processes(make_app: AppFactory) -> None:
+    first, second = make_app(), make_app()
+    await make_user(first, "target")
+    async with client_for(first) as a, client_for(second) as b:
+        for index in range(5):
+            client = a if index % 2 else b
+            await client.post(
+                "/api/v1/auth/login", data={"username": "target", "password": "Wrong-1"}
+            )
+        locked = await a.post(
+            "/api/v1/auth/login",
+            data={"username": "target", "password": DEFAULT_PASSWORD},
+        )
+    assert locked.status_code == 429
+    assert locked.json()["error"]["code"] == "ACCOUNT_LOCKED"
+
+
+async def test_a_logout_is_honoured_by_every_process_at_once(
+    make_app: AppFactory,
+) -> None:
+    first, second = make_app(), make_app()
+    await make_user(first, "roamer")
+    async with client_for(first) as a, client_for(second) as b:
+        tokens = await login(a, "roamer")
+        headers = bearer(tokens["access_token"])
+        assert (
+            await b.get("/api/v1/users/me", headers=headers)
+        ).status_code == 200  # cached
+        assert (await a.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+        assert (await b.get("/api/v1/users/me", headers=headers)).status_code == 401
+
+
+async def test_redis_down_fails_open_for_limits_but_not_for_lockouts(
+    make_app: AppFactory,
+) -> None:
+    down = "redis://127.0.0.1:1/0"
+    app = make_app(REDIS_URL=down, RATE_LIMIT_ENABLED=True, RATE_LIMIT_AUTH="2/minute")
+    await make_user(app, "resilient")
+    async with client_for(app) as http:
+        ok = [await login(http, "resilient") for _ in range(3)]  # limiter fails open
+        me = await http.get("/api/v1/users/me", headers=bearer(ok[-1]["access_token"]))
+        for _ in range(5):
+            await http.post(
+                "/api/v1/auth/login",
+                data={"username": "resilient", "password": "Wrong-1"},
+            )
+        locked = await http.post(
+            "/api/v1/auth/login",
+            data={"username": "resilient", "password": DEFAULT_PASSWORD},
+        )
+        ready = await http.get("/ready")
+    assert me.status_code == 200  # the cache falls back to the database
+    assert locked.status_code == 429  # counted in this process instead
+    assert ready.status_code == 503
+    assert any(d["field"] == "redis" for d in ready.json()["error"]["details"])
