@@ -49,6 +49,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             settings.DATABASE_URL,
             echo=settings.DB_ECHO,
+            # Each aiosqlite connection owns a thread: open a fixed set once and
+            # queue for them, instead of opening (and closing) overflow ones.
+            pool_size=settings.DB_POOL_SIZE,
+            max_overflow=0,
+            pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
+            # Sessions and connections always end their transaction before the
+            # connection returns; a second ROLLBACK on return is one more thread
+            # round trip per request for nothing.
+            pool_reset_on_return=None,
             connect_args={"timeout": settings.SQLITE_BUSY_TIMEOUT_MS / 1000},
         )
         event.listen(

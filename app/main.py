@@ -12,8 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api.docs import install_docs
 from app.api.v1.endpoints import health, metrics
 from app.api.v1.endpoints.items import ATTACHMENT_UPLOAD_PATH
-from app.api.v1.router import api_router
-from app.api.v2.router import api_router as api_v2_router
+from app.api.v1.router import include_v1
+from app.api.v2.router import include_v2
 from app.backends import auth_cache, email_transport, login_attempt_store, redis_client
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
@@ -22,6 +22,7 @@ from app.core.middleware import RequestContextMiddleware
 from app.core.ratelimit import RateLimiter, storage_for
 from app.core.security import PasswordHasher
 from app.core.storage import LocalFileStorage
+from app.core.tokens import AccessTokenVerifier
 from app.database import Database
 from app.services.eventing import build_event_runtime
 
@@ -66,12 +67,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Metrics are Prometheus (/metrics) and logs are JSON lines; FastAPI's
+        # OpenTelemetry hooks would cost a provider lookup on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.database = database
     app.state.password_hasher = PasswordHasher(settings)
     app.state.login_attempts = login_attempt_store(settings, redis)
     app.state.auth_cache = auth_cache(settings, redis)
+    app.state.token_verifier = AccessTokenVerifier(settings)
     app.state.rate_limiter = RateLimiter(
         storage_for(settings.REDIS_URL),
         enabled=settings.RATE_LIMIT_ENABLED,
@@ -86,8 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     if settings.METRICS_ENABLED:
         app.include_router(metrics.router)
-    app.include_router(api_router, prefix=settings.API_V1_STR)
-    app.include_router(api_v2_router, prefix="/api/v2")
+    include_v1(app, settings.API_V1_STR)
+    include_v2(app, "/api/v2")
     install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
 
     app.add_middleware(

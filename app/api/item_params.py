@@ -11,7 +11,7 @@ from app.core.domain import ItemStatus
 from app.schemas.item import ItemFilters, SortField, SortOrder
 
 
-def item_filters(
+async def item_filters(
     status: ItemStatus | None = None,
     created_after: Annotated[
         datetime | None, Query(description="Created at or after (ISO 8601, with zone)")

@@ -36,6 +36,7 @@ SENSITIVE_KEYS = frozenset(
     }
 )
 REDACTED = "[REDACTED]"
+TRUSTED_LOGGERS = frozenset({"app.access"})
 # A bearer token or a JWT pasted into a free-text message is masked too.
 _TOKEN_PATTERN = re.compile(
     r"(Bearer\s+)[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
@@ -87,11 +88,16 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             payload["request_id"] = request_id
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED and not key.startswith("_"):
-                payload[key] = value
+        fields = record.__dict__
+        for key in fields.keys() - _RESERVED:
+            if not key.startswith("_"):
+                payload[key] = fields[key]
         if record.exc_info:
             payload["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        if record.name in TRUSTED_LOGGERS:
+            # Built by our middleware from known-safe fields only (no headers,
+            # bodies or query strings), so the redaction walk is skipped.
+            return orjson.dumps(payload, default=str).decode()
         return orjson.dumps(redact(payload), default=str).decode()
 
 

@@ -15,4 +15,5 @@ class FastJSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         """Serialise `content` to JSON bytes."""
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        # UTC as "Z", as pydantic writes it elsewhere in the API.
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,20 +91,9 @@ def create_access_token(
     return IssuedAccessToken(token=token, expires_in=int(lifetime.total_seconds()))
 
 
-def decode_access_token(settings: Settings, token: str) -> AccessTokenSubject:
-    """Verify an access token and return its subject.
-
-    The algorithm is pinned to the configured one (no `none`, no switching);
-    signature, `exp`, `nbf`, `iss`, `aud`, `typ` header and `type` claim are checked.
-
-    Raises:
-        InvalidAccessTokenError: For any token this service must not honour.
-    """
+def _decode(settings: Settings, token: str) -> tuple[AccessTokenSubject, float, float]:
     try:
-        header = jwt.get_unverified_header(token)
-        if header.get("typ") != ACCESS_TOKEN_HEADER_TYP:
-            raise InvalidAccessTokenError("not an access token")
-        claims = jwt.decode(
+        decoded = jwt.decode_complete(
             token,
             settings.SECRET_KEY.get_secret_value(),
             algorithms=[settings.JWT_ALGORITHM],
@@ -112,7 +103,52 @@ def decode_access_token(settings: Settings, token: str) -> AccessTokenSubject:
         )
     except jwt.PyJWTError as exc:
         raise InvalidAccessTokenError(str(exc)) from exc
-    return _subject_from_claims(claims)
+    if decoded["header"].get("typ") != ACCESS_TOKEN_HEADER_TYP:
+        raise InvalidAccessTokenError("not an access token")
+    claims = decoded["payload"]
+    return _subject_from_claims(claims), float(claims["nbf"]), float(claims["exp"])
+
+
+class AccessTokenVerifier:
+    """Verifies access tokens, remembering the ones it verified until they expire.
+
+    A token's signature and claims never change, so re-verifying the same string
+    on every request only burns CPU; what can change (the user's status, the
+    session's revocation, the token version) is checked on every request
+    elsewhere. Expiry and not-before are checked against the clock on each use.
+    """
+
+    def __init__(self, settings: Settings, max_entries: int = 10_000) -> None:
+        """Verify with `settings`; remember at most `max_entries` tokens."""
+        self.settings = settings
+        self.max_entries = max_entries
+        self._verified: OrderedDict[str, tuple[AccessTokenSubject, float, float]] = (
+            OrderedDict()
+        )
+
+    def verify(self, token: str) -> AccessTokenSubject:
+        """The subject of a valid token.
+
+        Raises:
+            InvalidAccessTokenError: Invalid, or expired / not yet valid now.
+        """
+        now = time.time()
+        found = self._verified.get(token)
+        if found is None:
+            found = _decode(self.settings, token)
+            self._remember(token, found)
+        subject, not_before, expires = found
+        if not not_before <= now < expires:
+            self._verified.pop(token, None)
+            raise InvalidAccessTokenError("token expired or not yet valid")
+        return subject
+
+    def _remember(
+        self, token: str, entry: tuple[AccessTokenSubject, float, float]
+    ) -> None:
+        self._verified[token] = entry
+        if len(self._verified) > self.max_entries:
+            self._verified.popitem(last=False)
 
 
 def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:

@@ -40,8 +40,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         """Return aware UTC datetimes whatever the driver gave back."""
         if value is None:
             return None
-        if value.tzinfo is None:
+        if value.tzinfo is None:  # SQLite: stored in UTC, read back naive
             return value.replace(tzinfo=UTC)
+        if value.tzinfo is UTC:
+            return value
         return value.astimezone(UTC)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
@@ -12,10 +12,12 @@ from app.core.pagination import Cursor
 from app.models.item import Attachment, Item
 from app.schemas.item import ItemFilters, SortField, SortOrder
 
+# Lists are plain Core queries on the table: no ORM compile step, no instances.
+ITEMS = Item.__table__
 SORT_COLUMNS: dict[SortField, Any] = {
-    SortField.CREATED_AT: Item.created_at,
-    SortField.UPDATED_AT: Item.updated_at,
-    SortField.TITLE: Item.title,
+    SortField.CREATED_AT: ITEMS.c.created_at,
+    SortField.UPDATED_AT: ITEMS.c.updated_at,
+    SortField.TITLE: ITEMS.c.title,
 }
 
 
@@ -24,41 +26,48 @@ def _escape_like(text: str) -> str:
 
 
 def _conditions(owner_id: int, filters: ItemFilters) -> list[ColumnElement[bool]]:
-    conditions = [Item.owner_id == owner_id]
+    columns = ITEMS.c
+    conditions = [columns.owner_id == owner_id]
     if filters.status is not None:
-        conditions.append(Item.status == filters.status.value)
+        conditions.append(columns.status == filters.status.value)
     if filters.created_after is not None:
-        conditions.append(Item.created_at >= filters.created_after)
+        conditions.append(columns.created_at >= filters.created_after)
     if filters.created_before is not None:
-        conditions.append(Item.created_at < filters.created_before)
+        conditions.append(columns.created_at < filters.created_before)
     if filters.search:
         pattern = f"%{_escape_like(filters.search)}%"
-        conditions.append(func.lower(Item.title).like(pattern, escape="\\"))
+        conditions.append(func.lower(columns.title).like(pattern, escape="\\"))
     return conditions
 
 
 def _ordered(statement: Select[Any], filters: ItemFilters) -> Select[Any]:
     column = SORT_COLUMNS[filters.sort]
     if filters.order is SortOrder.DESC:
-        return statement.order_by(column.desc(), Item.id.desc())
-    return statement.order_by(column.asc(), Item.id.asc())
+        return statement.order_by(column.desc(), ITEMS.c.id.desc())
+    return statement.order_by(column.asc(), ITEMS.c.id.asc())
 
 
 def _after(cursor: Cursor, filters: ItemFilters) -> ColumnElement[bool]:
     column = SORT_COLUMNS[filters.sort]
-    key = tuple_(column, Item.id)
+    key = tuple_(column, ITEMS.c.id)
     # Typed literals: the value is bound exactly as the column stores it.
     position = tuple_(literal(cursor.value, column.type), literal(cursor.last_id))
     return key < position if filters.order is SortOrder.DESC else key > position
 
 
-def cursor_after(item: Item, filters: ItemFilters) -> Cursor:
-    """The cursor that continues after `item` in this ordering."""
+# Lists read plain rows, not ORM objects: a page of 100 items does not need
+# 100 identity-mapped, change-tracked instances, and building them costs more
+# than the query.
+ITEM_COLUMNS = tuple(ITEMS.columns)
+
+
+def cursor_after(row: Mapping[str, Any], filters: ItemFilters) -> Cursor:
+    """The cursor that continues after `row` in this ordering."""
     return Cursor(
         filters.sort.value,
         filters.order.value,
-        getattr(item, filters.sort.value),
-        item.id,
+        row[filters.sort.value],
+        row["id"],
     )
 
 
@@ -91,25 +100,27 @@ class ItemRepository:
         limit: int,
         offset: int = 0,
         cursor: Cursor | None = None,
-    ) -> Sequence[Item]:
+    ) -> list[dict[str, Any]]:
         """One page of an owner's items in one statement, whatever its size.
 
         With a cursor, keyset pagination (stable under inserts and deletes, cost
         independent of depth); otherwise limit/offset.
         """
-        statement = select(Item).where(*_conditions(owner_id, filters))
+        statement = select(*ITEM_COLUMNS).where(*_conditions(owner_id, filters))
         if cursor is not None:
             statement = statement.where(_after(cursor, filters))
         else:
             statement = statement.offset(offset)
         statement = _ordered(statement, filters).limit(limit)
-        return (await self.session.execute(statement)).scalars().all()
+        result = await self.session.execute(statement)
+        keys = tuple(result.keys())
+        return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""
         statement = (
             select(func.count())
-            .select_from(Item)
+            .select_from(ITEMS)
             .where(*_conditions(owner_id, filters))
         )
         return int((await self.session.execute(statement)).scalar_one())

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.cache import AuthCache
 from app.core.config import Settings
 from app.core.exceptions import (
     AccountDisabledError,
@@ -25,10 +26,10 @@ from app.core.scopes import ROLE_SCOPES, format_scope, grant_scopes, parse_scope
 from app.core.security import PasswordHasher
 from app.core.tokens import (
     AccessTokenSubject,
+    AccessTokenVerifier,
     InvalidAccessTokenError,
     IssuedAccessToken,
     create_access_token,
-    decode_access_token,
     hash_refresh_token,
     new_refresh_token,
 )
@@ -305,7 +306,10 @@ async def revoke_session(
 
 
 async def authenticate(
-    session: AsyncSession, settings: Settings, token: str
+    verifier: AccessTokenVerifier,
+    cache: AuthCache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    token: str,
 ) -> Principal:
     """Turn a bearer token into a Principal, or refuse it.
 
@@ -317,10 +321,12 @@ async def authenticate(
         InvalidTokenError: For any token that must not be honoured.
     """
     try:
-        subject = decode_access_token(settings, token)
+        subject = verifier.verify(token)
     except InvalidAccessTokenError as exc:
         raise InvalidTokenError from exc
-    entry = await auth_cache.access_entry(session, subject.user_id, subject.session_id)
+    entry = await auth_cache.access_entry(
+        cache, sessionmaker, subject.user_id, subject.session_id
+    )
     if entry is None:
         raise InvalidTokenError
     if not entry["is_active"] or entry["token_version"] != subject.token_version:

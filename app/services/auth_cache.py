@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.cache import AuthCache, UserEntry
 from app.models.user import User
@@ -39,23 +39,28 @@ def user_entry(user: User) -> UserEntry:
 
 
 async def access_entry(
-    session: AsyncSession, user_id: int, session_id: str | None
+    cache: AuthCache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    user_id: int,
+    session_id: str | None,
 ) -> UserEntry | None:
     """The user behind a token, from the cache or (one query) the database.
+
+    A database session is opened only on a cache miss, so a warm request
+    touches no connection at all.
 
     Returns:
         None when the user is gone or the token's session is revoked.
     """
-    cache = _cache_of(session)
-    if cache is not None:
-        cached = await cache.get(user_id, session_id)
-        if cached is not None:
-            return cached
-    state = await load_access_state(session, user_id, session_id)
+    cached = await cache.get(user_id, session_id)
+    if cached is not None:
+        return cached
+    async with sessionmaker() as session:
+        state = await load_access_state(session, user_id, session_id)
     if state is None or state.session_revoked:
         return None
     entry = user_entry(state.user)
-    if cache is not None and state.user.is_active:
+    if state.user.is_active:
         await cache.put(entry, session_id)
     return entry
 

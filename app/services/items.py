@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,9 @@ class CreatedItem:
 
 @dataclass(frozen=True, slots=True)
 class ItemPage:
-    """One page of items, and where the next one starts."""
+    """One page of items (plain rows), and where the next one starts."""
 
-    items: Sequence[Item]
+    items: Sequence[Mapping[str, Any]]
     total: int | None
     next_cursor: str | None
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import events as event_types
+from app.core.cache import AuthCache
 from app.core.exceptions import (
     AppError,
     ConflictError,
@@ -27,6 +28,7 @@ from app.schemas.user import (
     ProfileUpdate,
     UserCreateByAdmin,
     UserFilters,
+    UserPublic,
     UserUpdate,
 )
 from app.services import audit, auth_cache, events
@@ -62,6 +64,22 @@ async def get_self(session: AsyncSession, principal: Principal) -> User:
     if user is None:  # deleted between the token check and now
         raise UserNotFoundError
     return user
+
+
+async def profile(
+    cache: AuthCache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    principal: Principal,
+) -> UserPublic:
+    """The caller's account as the API shows it, from the access cache if it can.
+
+    The cache entry is the same one the token check just used (and is deleted
+    by every change to the account), so `/users/me` costs no query when warm.
+    """
+    entry = await auth_cache.access_entry(cache, sessionmaker, principal.user_id, None)
+    if entry is None:  # deleted between the token check and now
+        raise UserNotFoundError
+    return UserPublic.model_validate(entry)
 
 
 async def _visible_user(

@@ -15,6 +15,7 @@ from app.api.item_params import CursorParam, ItemFiltersDep, Limit
 from app.core.conditional import etag, parse_if_match
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
+from app.core.responses import FastJSONResponse
 from app.core.scopes import (
     ITEMS_DELETE,
     ITEMS_MODERATE,
@@ -69,15 +70,27 @@ Reader = Annotated[Principal, require(ITEMS_READ)]
 Writer = Annotated[Principal, require(ITEMS_WRITE)]
 
 
-def _page(found: items.ItemPage, limit: int, offset: int) -> Envelope[Page[ItemPublic]]:
-    page: Page[ItemPublic] = Page(
-        items=[ItemPublic.model_validate(item) for item in found.items],
-        total=found.total,
-        limit=limit,
-        offset=offset,
-        next_cursor=found.next_cursor,
-    )
-    return Envelope(data=page)
+def page_response(
+    found: items.ItemPage,
+    limit: int,
+    offset: int,
+    headers: dict[str, str] | None = None,
+) -> FastJSONResponse:
+    """The envelope of a page, serialised straight from the rows by orjson.
+
+    The rows come from the database through its constraints; validating 100
+    of them again through pydantic (as a response model would) doubles the
+    cost of a list for nothing. The route still declares the response model,
+    so the OpenAPI document shows the real schema.
+    """
+    page = {
+        "items": found.items,
+        "total": found.total,
+        "limit": limit,
+        "offset": offset,
+        "next_cursor": found.next_cursor,
+    }
+    return FastJSONResponse({"status": "success", "data": page}, headers=headers)
 
 
 @router.post(
@@ -133,31 +146,40 @@ async def create_items(
 
 
 @router.get(
-    "/items", summary="List my items (deprecated: use /api/v2/items)", responses=ERRORS
+    "/items",
+    summary="List my items (deprecated: use /api/v2/items)",
+    responses=ERRORS,
+    response_model=Envelope[Page[ItemPublic]],
 )
 async def list_my_items(
     principal: Reader,
     session: SessionDep,
     filters: ItemFiltersDep,
-    response: Response,
     limit: Limit = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     cursor: CursorParam = None,
-) -> Envelope[Page[ItemPublic]]:
+) -> FastJSONResponse:
     """The caller's items, with `total`; `offset` paging or keyset `cursor`."""
     found = await items.list_items(
         session, principal.user_id, filters, limit=limit, offset=offset, cursor=cursor
     )
-    response.headers["Deprecation"] = DEPRECATION
-    response.headers["Sunset"] = SUNSET
-    response.headers["Link"] = f'<{SUCCESSOR}>; rel="successor-version"'
-    return _page(found, limit, offset)
+    return page_response(
+        found,
+        limit,
+        offset,
+        headers={
+            "Deprecation": DEPRECATION,
+            "Sunset": SUNSET,
+            "Link": f'<{SUCCESSOR}>; rel="successor-version"',
+        },
+    )
 
 
 @router.get(
     "/users/{user_id}/items",
     summary="List a user's items (moderators, admins)",
     responses=ERRORS,
+    response_model=Envelope[Page[ItemPublic]],
 )
 async def list_user_items(
     user_id: int,
@@ -167,12 +189,12 @@ async def list_user_items(
     limit: Limit = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     cursor: CursorParam = None,
-) -> Envelope[Page[ItemPublic]]:
+) -> FastJSONResponse:
     """Any user's items, for moderation."""
     found = await items.list_items(
         session, user_id, filters, limit=limit, offset=offset, cursor=cursor
     )
-    return _page(found, limit, offset)
+    return page_response(found, limit, offset)
 
 
 @router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)

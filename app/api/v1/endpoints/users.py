@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from app.api.deps import (
     ClientDep,
@@ -40,11 +40,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/me", summary="My account", responses=ERRORS)
 async def read_me(
-    principal: CurrentPrincipal, session: SessionDep
+    principal: CurrentPrincipal, request: Request
 ) -> Envelope[UserPublic]:
-    """The caller's own account."""
-    user = await users.get_self(session, principal)
-    return Envelope(data=UserPublic.model_validate(user))
+    """The caller's own account (no database query when the cache is warm)."""
+    state = request.app.state
+    profile = await users.profile(
+        state.auth_cache, state.database.sessionmaker, principal
+    )
+    return Envelope(data=profile)
 
 
 @router.patch("/me", summary="Update my profile", responses=ERRORS)
