@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response, Security
+from fastapi import Depends, Path, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -188,3 +188,9 @@ async def get_storage(request: Request) -> FileStorage:
 
 
 StorageDep = Annotated[FileStorage, Depends(get_storage)]
+
+
+# Database ids are 64-bit: a larger number in a path is simply not found (422
+# here), not an overflow inside the driver.
+MAX_ID = 2**63 - 1
+ResourceId = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -9,6 +9,7 @@ from fastapi import Depends, Query
 
 from app.core.domain import ItemStatus
 from app.schemas.item import ItemFilters, SortField, SortOrder
+from app.schemas.user import QueryText
 
 
 async def item_filters(
@@ -20,7 +21,7 @@ async def item_filters(
         datetime | None, Query(description="Created before (ISO 8601, with zone)")
     ] = None,
     q: Annotated[
-        str | None,
+        QueryText | None,
         Query(min_length=1, max_length=100, description="Text in the title"),
     ] = None,
     sort: SortField = SortField.CREATED_AT,

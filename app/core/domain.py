@@ -11,3 +11,12 @@ class ItemStatus(StrEnum):
     DRAFT = "draft"
     ACTIVE = "active"
     ARCHIVED = "archived"
+
+
+def display_name(desired: str | None, first: str, last: str, email: str) -> str:
+    """The name to show for a person: desired name, else first + last, else email.
+
+    Seed 002's rule, used for `created_by_name` / `updated_by_name` and emails.
+    """
+    full = f"{first} {last}".strip()
+    return desired or full or email

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core.domain import display_name
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -21,8 +23,9 @@ class Principal:
     @property
     def display_name(self) -> str:
         """Desired name, else first + last, else email (seed 002)."""
-        full = f"{self.first_name} {self.last_name}".strip()
-        return self.desired_name or full or self.email
+        return display_name(
+            self.desired_name, self.first_name, self.last_name, self.email
+        )
 
     def has(self, scope: str) -> bool:
         """Whether the token grants `scope`."""

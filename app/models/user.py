@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import CheckConstraint, Index, String, false, true
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.core.domain import display_name
 from app.core.scopes import Role
 from app.models.base import Base, TimestampMixin
 
@@ -45,5 +46,6 @@ class User(TimestampMixin, Base):
     @property
     def display_name(self) -> str:
         """The name to show: desired name, else first + last, else email (seed 002)."""
-        full = f"{self.first_name} {self.last_name}".strip()
-        return self.desired_name or full or self.email
+        return display_name(
+            self.desired_name, self.first_name, self.last_name, self.email
+        )

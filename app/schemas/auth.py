@@ -10,14 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.schemas.user import NormalisedEmail, Password, StrictInput
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(StrictInput):
     """The OAuth2 password grant, as a form or as JSON.
 
     `client_id` / `client_secret` are accepted (and ignored) because generic
     OAuth2 clients, Swagger's Authorize among them, send them.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     grant_type: Literal["password"] | None = None
     username: str = Field(min_length=1, max_length=255, description="Email or username")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -72,10 +72,67 @@ Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=_PHONE_P
 Age = Annotated[int, Field(ge=18, le=120)]
 
 
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(
+            _contains_nul(key) or _contains_nul(item) for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
+def reject_nul(value: str) -> str:
+    """Refuse NUL characters: PostgreSQL cannot store them and SQLite cuts at them.
+
+    Raises:
+        ValueError: The text contains a NUL character.
+    """
+    if "\x00" in value:
+        raise ValueError("Text must not contain NUL characters")
+    return value
+
+
+# Free text from query strings (search prefixes, filters).
+QueryText = Annotated[str, AfterValidator(reject_nul)]
+
+
 class StrictInput(BaseModel):
-    """Input schemas refuse unknown fields, so no one can set `role` by adding it."""
+    """Input schemas refuse unknown fields, so no one can set `role` by adding it.
+
+    They also refuse NUL characters anywhere in the body, which no column can
+    hold faithfully.
+    """
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        if _contains_nul(data):
+            raise ValueError("Text must not contain NUL characters")
+        return data
+
+
+class PatchInput(StrictInput):
+    """A partial update: omitted fields stay; `null` only where a column allows it."""
+
+    # Fields whose column is NOT NULL: an explicit null is a client error (422),
+    # not something to hand to the database.
+    not_nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> Self:
+        nulled = sorted(
+            field
+            for field in self.model_fields_set & self.not_nullable
+            if getattr(self, field) is None
+        )
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} cannot be null")
+        return self
 
 
 class UserSignup(StrictInput):
@@ -128,8 +185,10 @@ class SuperuserCreate(StrictInput):
     password: Password
 
 
-class ProfileUpdate(StrictInput):
+class ProfileUpdate(PatchInput):
     """Fields a user may change on their own account."""
+
+    not_nullable = frozenset({"first_name", "last_name"})
 
     first_name: PersonName | None = None
     last_name: PersonName | None = None
@@ -144,6 +203,10 @@ class UserUpdate(ProfileUpdate):
     role: Role | None = None
     is_active: bool | None = None
     is_verified: bool | None = None
+
+    not_nullable = frozenset(
+        {"first_name", "last_name", "role", "is_active", "is_verified"}
+    )
 
 
 PRIVILEGED_FIELDS = frozenset({"role", "is_active", "is_verified"})

@@ -488,3 +488,50 @@ class TestConcurrency:
         assert stored["version"] == 1 + len(succeeded)
         latest = max(succeeded, key=lambda r: r.json()["data"]["version"])
         assert stored["title"] == latest.json()["data"]["title"]
+
+
+@pytest.mark.parametrize("body", [{"title": None}, {"status": None}])
+async def test_required_item_fields_cannot_be_nulled(
+    client: AsyncClient, token: str, body: dict[str, Any]
+) -> None:
+    item = await create(client, token, description="kept")
+    response = await client.patch(
+        f"{ITEMS}/{item['id']}", json=body, headers=bearer(token)
+    )
+    assert response.status_code == 422
+    cleared = await client.patch(
+        f"{ITEMS}/{item['id']}", json={"description": None}, headers=bearer(token)
+    )
+    assert cleared.status_code == 200
+    assert cleared.json()["data"]["description"] is None
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/items/{}", "/api/v1/users/{}", "/api/v1/users/{}/items"]
+)
+async def test_out_of_range_ids_are_422_not_500(
+    client: AsyncClient, admin: User, path: str
+) -> None:
+    token = (await login(client, "root"))["access_token"]
+    response = await client.get(path.format(2**70), headers=bearer(token))
+    assert response.status_code == 422
+
+
+NUL = "\x00"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("POST", ITEMS, {"title": NUL + "x"}),
+        ("POST", f"{ITEMS}/bulk", {"items": [{"title": "ok"}, {"title": "a" + NUL}]}),
+        ("GET", f"{ITEMS}?q=%00", None),
+        ("PATCH", "/api/v1/users/me", {"first_name": "Al" + NUL}),
+    ],
+)
+async def test_nul_characters_are_422_not_500(
+    client: AsyncClient, token: str, method: str, url: str, body: Any
+) -> None:
+    response = await client.request(method, url, json=body, headers=bearer(token))
+    assert response.status_code == 422
+    assert "NUL" in response.text

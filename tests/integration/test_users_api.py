@@ -322,3 +322,27 @@ class TestPasswordChange:
             headers=bearer(token),
         )
         assert response.status_code == 422
+
+
+@pytest.mark.parametrize("field", ["first_name", "last_name"])
+async def test_required_profile_fields_cannot_be_nulled(
+    client: AsyncClient, tokens: dict[str, str], field: str
+) -> None:
+    response = await client.patch(
+        f"{USERS}/me", json={field: None, "age": 40}, headers=bearer(tokens["alice"])
+    )
+    assert response.status_code == 422
+    assert "cannot be null" in response.text
+    me = (await client.get(f"{USERS}/me", headers=bearer(tokens["alice"]))).json()[
+        "data"
+    ]
+    assert (me["first_name"], me["last_name"], me["age"]) == ("Alice", "Liddell", None)
+
+
+async def test_admin_cannot_null_a_role(
+    client: AsyncClient, tokens: dict[str, str], alice: User
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{alice.id}", json={"role": None}, headers=bearer(tokens["root"])
+    )
+    assert response.status_code == 422

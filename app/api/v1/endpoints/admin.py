@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import SessionDep, require
+from app.api.deps import MAX_ID, SessionDep, require
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
 from app.core.scopes import ADMIN_ALL
 from app.schemas.audit import AuditEntryPublic, AuditFilters
 from app.schemas.envelope import Envelope, Page
+from app.schemas.user import QueryText
 from app.services import audit
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -27,10 +28,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def list_audit(
     session: SessionDep,
     principal: Annotated[Principal, require(ADMIN_ALL)],
-    actor_id: int | None = None,
-    entity_type: Annotated[str | None, Query(max_length=50)] = None,
-    entity_id: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=50)] = None,
+    actor_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    entity_type: Annotated[QueryText | None, Query(max_length=50)] = None,
+    entity_id: Annotated[QueryText | None, Query(max_length=64)] = None,
+    action: Annotated[QueryText | None, Query(max_length=50)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, Query, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, require
+from app.api.deps import ResourceId, SessionDep, SettingsDep, StorageDep, require
 from app.api.item_params import CursorParam, ItemFiltersDep, Limit
 from app.core.conditional import etag, parse_if_match
 from app.core.exceptions import ERROR_RESPONSE
@@ -182,7 +182,7 @@ async def list_my_items(
     response_model=Envelope[Page[ItemPublic]],
 )
 async def list_user_items(
-    user_id: int,
+    user_id: ResourceId,
     principal: Annotated[Principal, require(ITEMS_READ, ITEMS_MODERATE, USERS_READ)],
     session: SessionDep,
     filters: ItemFiltersDep,
@@ -199,7 +199,7 @@ async def list_user_items(
 
 @router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)
 async def read_item(
-    item_id: int, principal: Reader, session: SessionDep, response: Response
+    item_id: ResourceId, principal: Reader, session: SessionDep, response: Response
 ) -> Envelope[ItemPublic]:
     """An item, with its `ETag` for a later conditional PATCH or DELETE."""
     item = await items.get_item(session, principal, item_id)
@@ -211,7 +211,7 @@ async def read_item(
     "/items/{item_id}", summary="Update an item", responses=CONDITIONAL_ERRORS
 )
 async def update_item(
-    item_id: int,
+    item_id: ResourceId,
     payload: ItemUpdate,
     principal: Writer,
     session: SessionDep,
@@ -233,7 +233,7 @@ async def update_item(
     responses=CONDITIONAL_ERRORS,
 )
 async def delete_item(
-    item_id: int,
+    item_id: ResourceId,
     principal: Annotated[Principal, require(ITEMS_DELETE)],
     session: SessionDep,
     storage: StorageDep,
@@ -256,7 +256,7 @@ async def delete_item(
     },
 )
 async def upload_attachment(
-    item_id: int,
+    item_id: ResourceId,
     file: UploadFile,
     principal: Writer,
     session: SessionDep,
@@ -275,7 +275,7 @@ async def upload_attachment(
     "/items/{item_id}/attachments", summary="List an item's files", responses=ERRORS
 )
 async def list_attachments(
-    item_id: int, principal: Reader, session: SessionDep
+    item_id: ResourceId, principal: Reader, session: SessionDep
 ) -> Envelope[list[AttachmentPublic]]:
     """Metadata of every file attached to the item."""
     found = await attachments.list_attachments(session, principal, item_id)
@@ -289,8 +289,8 @@ async def list_attachments(
     responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_attachment(
-    item_id: int,
-    attachment_id: int,
+    item_id: ResourceId,
+    attachment_id: ResourceId,
     principal: Reader,
     session: SessionDep,
     storage: StorageDep,
@@ -320,8 +320,8 @@ async def download_attachment(
     responses=ERRORS,
 )
 async def delete_attachment(
-    item_id: int,
-    attachment_id: int,
+    item_id: ResourceId,
+    attachment_id: ResourceId,
     principal: Annotated[Principal, require(ITEMS_DELETE)],
     session: SessionDep,
     storage: StorageDep,

@@ -11,6 +11,7 @@ from app.api.deps import (
     CurrentPrincipal,
     HasherDep,
     LoginGuardDep,
+    ResourceId,
     SessionDep,
     require,
 )
@@ -21,6 +22,7 @@ from app.schemas.envelope import Envelope, Page
 from app.schemas.user import (
     PasswordChange,
     ProfileUpdate,
+    QueryText,
     UserCreateByAdmin,
     UserFilters,
     UserPublic,
@@ -90,7 +92,7 @@ async def list_users(
     role: Role | None = None,
     is_active: bool | None = None,
     q: Annotated[
-        str | None,
+        QueryText | None,
         Query(min_length=1, max_length=100, description="Email or name prefix"),
     ] = None,
 ) -> Envelope[Page[UserPublic]]:
@@ -129,7 +131,7 @@ async def create_user(
 
 @router.get("/{user_id}", summary="Read a user", responses=ERRORS)
 async def read_user(
-    user_id: int, principal: CurrentPrincipal, session: SessionDep
+    user_id: ResourceId, principal: CurrentPrincipal, session: SessionDep
 ) -> Envelope[UserPublic]:
     """Yourself, or anyone with `users:read`; others are 404."""
     user = await users.get_user(session, principal, user_id)
@@ -138,7 +140,10 @@ async def read_user(
 
 @router.patch("/{user_id}", summary="Update a user", responses=ERRORS)
 async def update_user(
-    user_id: int, payload: UserUpdate, principal: CurrentPrincipal, session: SessionDep
+    user_id: ResourceId,
+    payload: UserUpdate,
+    principal: CurrentPrincipal,
+    session: SessionDep,
 ) -> Envelope[UserPublic]:
     """Owners change profile fields; admins (`users:write`) also role and status."""
     user = await users.update_user(session, principal, user_id, payload)
@@ -152,7 +157,7 @@ async def update_user(
     responses={**ERRORS, 409: {**ERROR_RESPONSE, "description": "Deleting yourself"}},
 )
 async def delete_user(
-    user_id: int,
+    user_id: ResourceId,
     session: SessionDep,
     principal: Annotated[Principal, require(USERS_DELETE)],
     hard: Annotated[
