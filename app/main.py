@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("startup", extra={"environment": settings.ENVIRONMENT})
         if settings.OUTBOX_RELAY_ENABLED:
             runtime.start_relay()
+        # Start-up objects (modules, routes, schemas) live forever: moving them out
+        # of the collector's generations makes every later full collection, and so
+        # the tail latency, cheaper.
+        gc.collect()
+        gc.freeze()
         yield
         await runtime.shutdown()
         if redis is not None:
