@@ -100,12 +100,6 @@ class SessionRepository:
         )
         return (await self.session.execute(statement)).scalars().all()
 
-    async def is_revoked(self, session_id: str) -> bool:
-        """Whether the family is revoked (or gone)."""
-        statement = select(AuthSession.revoked_at).where(AuthSession.id == session_id)
-        row = (await self.session.execute(statement)).first()
-        return row is None or row[0] is not None
-
 
 class AccessState:
     """What an access-token check needs to know about its user and session."""

@@ -23,7 +23,7 @@ from app.core.scopes import (
     ITEMS_WRITE,
     USERS_READ,
 )
-from app.schemas.envelope import Envelope, Page
+from app.schemas.envelope import Envelope, Page, success
 from app.schemas.item import (
     AttachmentPublic,
     ItemBulkCreate,
@@ -90,7 +90,7 @@ def page_response(
         "offset": offset,
         "next_cursor": found.next_cursor,
     }
-    return FastJSONResponse({"status": "success", "data": page}, headers=headers)
+    return FastJSONResponse(success(page), headers=headers)
 
 
 @router.post(

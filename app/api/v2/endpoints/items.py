@@ -13,7 +13,7 @@ from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
 from app.core.responses import FastJSONResponse
 from app.core.scopes import ITEMS_READ
-from app.schemas.envelope import Envelope
+from app.schemas.envelope import Envelope, success
 from app.schemas.item import ItemPublic
 from app.services import items
 
@@ -57,4 +57,4 @@ async def list_my_items(
     )
     page = {"items": found.items, "limit": limit, "next_cursor": found.next_cursor}
     # Rows straight to orjson, as in v1 (see `page_response` there).
-    return FastJSONResponse({"status": "success", "data": page})
+    return FastJSONResponse(success(page))
