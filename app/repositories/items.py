@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.pagination import Cursor
 from app.models.item import Attachment, Item
+from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.item import ItemFilters, SortField, SortOrder
 
 # Lists are plain Core queries on the table: no ORM compile step, no instances.
@@ -19,10 +20,6 @@ SORT_COLUMNS: dict[SortField, Any] = {
     SortField.UPDATED_AT: ITEMS.c.updated_at,
     SortField.TITLE: ITEMS.c.title,
 }
-
-
-def _escape_like(text: str) -> str:
-    return text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _conditions(owner_id: int, filters: ItemFilters) -> list[ColumnElement[bool]]:
@@ -35,8 +32,8 @@ def _conditions(owner_id: int, filters: ItemFilters) -> list[ColumnElement[bool]
     if filters.created_before is not None:
         conditions.append(columns.created_at < filters.created_before)
     if filters.search:
-        pattern = f"%{_escape_like(filters.search)}%"
-        conditions.append(func.lower(columns.title).like(pattern, escape="\\"))
+        pattern = f"%{escape_like(filters.search)}%"
+        conditions.append(func.lower(columns.title).like(pattern, escape=LIKE_ESCAPE))
     return conditions
 
 

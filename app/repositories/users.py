@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.user import User
 from app.repositories.errors import unique_violation
+from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.user import UserFilters
 
 UNIQUE_COLUMNS = ("email", "username")
@@ -56,21 +57,21 @@ class UserRepository:
         return result.scalar_one_or_none()
 
 
-def _prefix_pattern(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
-
-
 def _filtered(statement: Select[Any], filters: UserFilters) -> Select[Any]:
     if filters.role is not None:
         statement = statement.where(User.role == filters.role)
     if filters.is_active is not None:
         statement = statement.where(User.is_active == filters.is_active)
     if filters.search:
-        pattern = _prefix_pattern(filters.search)
+        pattern = escape_like(filters.search) + "%"
         columns = (User.email, User.username, User.first_name, User.last_name)
         statement = statement.where(
-            or_(*(func.lower(column).like(pattern, escape="\\") for column in columns))
+            or_(
+                *(
+                    func.lower(column).like(pattern, escape=LIKE_ESCAPE)
+                    for column in columns
+                )
+            )
         )
     return statement
 

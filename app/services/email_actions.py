@@ -17,7 +17,7 @@ from app.repositories.users import UserRepository
 from app.services import audit, auth_cache, events
 from app.services.handlers import EMAIL_VERIFICATION, PASSWORD_RESET
 from app.services.login_guard import LoginGuard
-from app.services.users import PasswordLikeEmailError
+from app.services.users import PasswordLikeEmailError, ensure_password_avoids_email
 
 
 class InvalidActionTokenError(AppError):
@@ -113,13 +113,11 @@ async def confirm_password_reset(
         InvalidActionTokenError: Unknown, expired or used token.
     """
     user = await _redeem(session, token, PASSWORD_RESET)
-    if user.email in new_password.lower():
-        await session.rollback()
-        raise PasswordLikeEmailError(
-            details=[
-                {"field": "body.new_password", "message": "must not contain the email"}
-            ]
-        )
+    try:
+        ensure_password_avoids_email(user.email, new_password)
+    except PasswordLikeEmailError:
+        await session.rollback()  # the token stays usable for a better password
+        raise
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = await hasher.hash(new_password)
     user.token_version += 1

@@ -52,6 +52,20 @@ class PasswordLikeEmailError(AppError):
     message = "Invalid input"
 
 
+def ensure_password_avoids_email(email: str, password: str) -> None:
+    """Refuse a new password that contains the account's email.
+
+    Raises:
+        PasswordLikeEmailError: It does.
+    """
+    if email in password.lower():
+        raise PasswordLikeEmailError(
+            details=[
+                {"field": "body.new_password", "message": "must not contain the email"}
+            ]
+        )
+
+
 class UserNotFoundError(NotFoundError):
     """No such user, or the caller may not know of them."""
 
@@ -287,12 +301,7 @@ async def change_password(
     if not valid:
         await guard.record_failure(account, client_ip, "wrong_current_password")
         raise InvalidCurrentPasswordError
-    if user.email in payload.new_password.lower():
-        raise PasswordLikeEmailError(
-            details=[
-                {"field": "body.new_password", "message": "must not contain the email"}
-            ]
-        )
+    ensure_password_avoids_email(user.email, payload.new_password)
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = await hasher.hash(payload.new_password)
     revoked = await SessionRepository(session).revoke(
