@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app import sqlite_driver
 from app.core.config import Settings
 
 
@@ -59,6 +60,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             # round trip per request for nothing.
             pool_reset_on_return=None,
             connect_args={"timeout": settings.SQLITE_BUSY_TIMEOUT_MS / 1000},
+            module=sqlite_driver.dbapi(),
         )
         event.listen(
             engine.sync_engine,

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    func,
+    literal,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.pagination import Cursor
 from app.models.item import Attachment, Item
+from app.repositories.json_rows import json_row_class, parse_rows
 from app.repositories.search import LIKE_ESCAPE, escape_like
-from app.schemas.item import ItemFilters, SortField, SortOrder
+from app.schemas.item import ItemFilters, ItemPublic, SortField, SortOrder
 
 # Lists are plain Core queries on the table: no ORM compile step, no instances.
-ITEMS = Item.__table__
+ITEMS = cast("Table", Item.__table__)
 SORT_COLUMNS: dict[SortField, Any] = {
     SortField.CREATED_AT: ITEMS.c.created_at,
     SortField.UPDATED_AT: ITEMS.c.updated_at,
@@ -52,20 +62,17 @@ def _after(cursor: Cursor, filters: ItemFilters) -> ColumnElement[bool]:
     return key < position if filters.order is SortOrder.DESC else key > position
 
 
-# Lists read plain rows, not ORM objects: a page of 100 items does not need
-# 100 identity-mapped, change-tracked instances, and building them costs more
-# than the query.
-ITEM_COLUMNS = tuple(ITEMS.columns)
+# Lists read each item as the JSON object the API shows, rendered by the
+# database (see json_rows): no ORM instances, no per-column Python values.
+ItemJsonRow = json_row_class(ITEMS, list(ItemPublic.model_fields))
 
 
-def cursor_after(row: Mapping[str, Any], filters: ItemFilters) -> Cursor:
-    """The cursor that continues after `row` in this ordering."""
-    return Cursor(
-        filters.sort.value,
-        filters.order.value,
-        row[filters.sort.value],
-        row["id"],
-    )
+def cursor_after(item: Mapping[str, Any], filters: ItemFilters) -> Cursor:
+    """The cursor that continues after `item` (a row of `page`) in this ordering."""
+    value = item[filters.sort.value]
+    if filters.sort is not SortField.TITLE:
+        value = datetime.fromisoformat(value)
+    return Cursor(filters.sort.value, filters.order.value, value, item["id"])
 
 
 class ItemRepository:
@@ -102,16 +109,22 @@ class ItemRepository:
 
         With a cursor, keyset pagination (stable under inserts and deletes, cost
         independent of depth); otherwise limit/offset.
+
+        Returns:
+            The items as the API shows them (timestamps as ISO 8601 strings).
         """
-        statement = select(*ITEM_COLUMNS).where(*_conditions(owner_id, filters))
+        statement = (
+            select(ItemJsonRow())
+            .select_from(ITEMS)
+            .where(*_conditions(owner_id, filters))
+        )
         if cursor is not None:
             statement = statement.where(_after(cursor, filters))
         else:
             statement = statement.offset(offset)
         statement = _ordered(statement, filters).limit(limit)
         result = await self.session.execute(statement)
-        keys = tuple(result.keys())
-        return [dict(zip(keys, row, strict=True)) for row in result.all()]
+        return parse_rows(result.scalars().all())
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""

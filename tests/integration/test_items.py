@@ -197,6 +197,40 @@ class TestLists:
             "next_cursor": None,
         }
 
+    async def test_list_items_are_rendered_exactly_as_the_item_endpoint_does(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        # The database renders list rows as JSON; they must match pydantic's
+        # rendering byte for byte: escapes, nulls, and timestamps with and
+        # without microseconds.
+        titles = ['quote " and \\ back', "tab\tnew\nline", "Ünïcode ✓ 🚀", "</script>"]
+        # Within the token's lifetime, on a whole second.
+        second = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+        moments = [
+            second,
+            second.replace(microsecond=120000),
+            second.replace(microsecond=7),
+            second.replace(microsecond=999999) + timedelta(seconds=1),
+        ]
+        for title, moment in zip(titles, moments, strict=True):
+            with time_machine.travel(moment, tick=False):
+                await create(client, token, title=title, description=None)
+        with time_machine.travel(moments[0] + timedelta(minutes=1), tick=False):
+            await create(client, token, title="described", description="d \u00e9")
+
+        for url in (ITEMS, "/api/v2/items"):
+            listed = await client.get(url, headers=bearer(token))
+            for item in listed.json()["data"]["items"]:
+                single = await client.get(
+                    f"{ITEMS}/{item['id']}", headers=bearer(token)
+                )
+                assert item == single.json()["data"]
+                rendered = single.content.decode()
+                assert rendered.split('"data":', 1)[1][:-1] in listed.content.decode()
+        stamps = [item["created_at"] for item in listed.json()["data"]["items"]]
+        whole = second.strftime("%Y-%m-%dT%H:%M:%S")
+        assert {f"{whole}Z", f"{whole}.120000Z", f"{whole}.000007Z"} <= set(stamps)
+
     async def test_only_my_items_are_listed(
         self, app: Any, client: AsyncClient, token: str
     ) -> None:

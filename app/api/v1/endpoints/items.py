@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Response, UploadFile, status
+from fastapi import APIRouter, Header, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, StorageDep, require
-from app.api.item_params import CursorParam, ItemFiltersDep, Limit
+from app.api.item_params import ItemListOffsetParams
 from app.core.conditional import etag, parse_if_match
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
@@ -152,21 +152,21 @@ async def create_items(
     response_model=Envelope[Page[ItemPublic]],
 )
 async def list_my_items(
-    principal: Reader,
-    session: SessionDep,
-    filters: ItemFiltersDep,
-    limit: Limit = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    cursor: CursorParam = None,
+    principal: Reader, session: SessionDep, query: ItemListOffsetParams
 ) -> FastJSONResponse:
     """The caller's items, with `total`; `offset` paging or keyset `cursor`."""
     found = await items.list_items(
-        session, principal.user_id, filters, limit=limit, offset=offset, cursor=cursor
+        session,
+        principal.user_id,
+        query.filters(),
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
     )
     return page_response(
         found,
-        limit,
-        offset,
+        query.limit,
+        query.offset,
         headers={
             "Deprecation": DEPRECATION,
             "Sunset": SUNSET,
@@ -185,16 +185,18 @@ async def list_user_items(
     user_id: ResourceId,
     principal: Annotated[Principal, require(ITEMS_READ, ITEMS_MODERATE, USERS_READ)],
     session: SessionDep,
-    filters: ItemFiltersDep,
-    limit: Limit = 20,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-    cursor: CursorParam = None,
+    query: ItemListOffsetParams,
 ) -> FastJSONResponse:
     """Any user's items, for moderation."""
     found = await items.list_items(
-        session, user_id, filters, limit=limit, offset=offset, cursor=cursor
+        session,
+        user_id,
+        query.filters(),
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
     )
-    return page_response(found, limit, offset)
+    return page_response(found, query.limit, query.offset)
 
 
 @router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.api.deps import SessionDep, require
-from app.api.item_params import CursorParam, ItemFiltersDep, Limit
+from app.api.item_params import ItemListParams
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
 from app.core.responses import FastJSONResponse
@@ -42,19 +42,21 @@ class CursorPage(BaseModel):
 async def list_my_items(
     principal: Annotated[Principal, require(ITEMS_READ)],
     session: SessionDep,
-    filters: ItemFiltersDep,
-    limit: Limit = 20,
-    cursor: CursorParam = None,
+    query: ItemListParams,
 ) -> FastJSONResponse:
     """The caller's items; follow `next_cursor` until it is null."""
     found = await items.list_items(
         session,
         principal.user_id,
-        filters,
-        limit=limit,
-        cursor=cursor,
+        query.filters(),
+        limit=query.limit,
+        cursor=query.cursor,
         with_total=False,
     )
-    page = {"items": found.items, "limit": limit, "next_cursor": found.next_cursor}
+    page = {
+        "items": found.items,
+        "limit": query.limit,
+        "next_cursor": found.next_cursor,
+    }
     # Rows straight to orjson, as in v1 (see `page_response` there).
     return FastJSONResponse(success(page))

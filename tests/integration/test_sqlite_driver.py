@@ -1,0 +1,136 @@
+"""The SQLite driver: one trip to the connection's thread per statement, same results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.database import create_engine
+from app.repositories.json_rows import json_row_class
+from app.sqlite_driver import OneTripConnection
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    settings = make_settings(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    engine = create_engine(settings)
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT UNIQUE)")
+        )
+    yield engine
+    await engine.dispose()
+
+
+class TripCounter:
+    """Counts calls queued to the connection's thread."""
+
+    def __init__(self, adapted: OneTripConnection) -> None:
+        self.count = 0
+        driver = adapted.driver
+        original = driver._execute
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await original(*args, **kwargs)
+
+        driver._execute = counted  # type: ignore[method-assign]
+
+
+async def trips(connection: AsyncConnection) -> TripCounter:
+    raw = await connection.get_raw_connection()
+    adapted = raw.dbapi_connection
+    assert isinstance(adapted, OneTripConnection)
+    return TripCounter(adapted)
+
+
+async def test_a_read_is_one_trip_and_its_end_is_none(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        counter = await trips(connection)
+        rows = (
+            await connection.execute(text("SELECT 1, 'a' UNION SELECT 2, 'b'"))
+        ).all()
+        await connection.rollback()
+    assert [tuple(row) for row in rows] == [(1, "a"), (2, "b")]
+    assert counter.count == 1
+
+
+async def test_a_write_is_committed_in_one_trip_per_statement(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as connection:
+        counter = await trips(connection)
+        inserted = await connection.execute(
+            text("INSERT INTO notes (body) VALUES ('kept') RETURNING id")
+        )
+        assert inserted.scalar_one() == 1
+        await connection.commit()
+        assert counter.count == 2  # INSERT, COMMIT
+    async with engine.connect() as connection:
+        assert (await connection.execute(text("SELECT body FROM notes"))).all() == [
+            ("kept",)
+        ]
+
+
+async def test_rollback_undoes_a_write(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        result = await connection.execute(text("INSERT INTO notes (body) VALUES ('x')"))
+        assert result.rowcount == 1
+        await connection.rollback()
+        count = await connection.execute(text("SELECT count(*) FROM notes"))
+        assert count.scalar_one() == 0
+
+
+async def test_a_failed_statement_still_rolls_the_transaction_back(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('dup')"))
+        await connection.commit()
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('lost')"))
+        with pytest.raises(IntegrityError):
+            await connection.execute(text("INSERT INTO notes (body) VALUES ('dup')"))
+        await connection.rollback()
+        bodies = await connection.execute(text("SELECT body FROM notes ORDER BY id"))
+        assert bodies.all() == [("dup",)]
+
+
+async def test_many_parameter_sets_in_one_statement(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO notes (body) VALUES (:body)"),
+            [{"body": f"n{index}"} for index in range(5)],
+        )
+    async with engine.connect() as connection:
+        count = await connection.execute(text("SELECT count(*) FROM notes"))
+        assert count.scalar_one() == 5
+
+
+async def test_streamed_results_use_a_server_side_cursor(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("INSERT INTO notes (body) VALUES (:body)"),
+            [{"body": f"s{index}"} for index in range(3)],
+        )
+    async with engine.connect() as connection:
+        stream = await connection.stream(text("SELECT body FROM notes ORDER BY id"))
+        bodies = [row.body async for row in stream]
+        await connection.rollback()
+    assert bodies == ["s0", "s1", "s2"]
+
+
+def test_json_rows_need_real_columns_and_a_known_dialect() -> None:
+    table = Table("things", MetaData(), Column("id", Integer, primary_key=True))
+    with pytest.raises(ValueError, match="not columns of things"):
+        json_row_class(table, ["id", "missing"])
+    row = json_row_class(table, ["id"])
+    with pytest.raises(NotImplementedError, match="mysql"):
+        select(row()).select_from(table).compile(dialect=mysql.dialect())
