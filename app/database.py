@@ -60,7 +60,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             # round trip per request for nothing.
             pool_reset_on_return=None,
             connect_args={"timeout": settings.SQLITE_BUSY_TIMEOUT_MS / 1000},
-            module=sqlite_driver.dbapi(),
+            module=sqlite_driver.dbapi(settings.SQLITE_BUSY_TIMEOUT_MS / 1000),
         )
         event.listen(
             engine.sync_engine,

@@ -10,6 +10,14 @@ queries, were most of the cost of a request (measured: a one-row list spent
 in one call, and a COMMIT or ROLLBACK with no transaction open (pysqlite opens
 one only before a write) does not travel at all.
 
+Writers also queue in the process before SQLite sees them. SQLite lets one
+transaction write at a time; a second writer is put to sleep by its busy
+handler with a growing back-off (1, 2, 5 ... 100 ms) and wakes up late, long
+after the lock was free. So a connection about to open a write transaction
+first takes the engine's write lock (an asyncio lock: FIFO, handed over the
+moment the holder commits or rolls back), with the busy timeout as its limit.
+Other processes on the same file still meet SQLite's own locking.
+
 Everything else (the thread, the connection's lifecycle, errors) is aiosqlite
 and SQLAlchemy's own aiosqlite dialect; only the cursor and the transaction
 ends change. Server-side cursors (`stream()`) keep aiosqlite's row-by-row
@@ -18,6 +26,7 @@ cursor.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +40,12 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 from sqlalchemy.util.concurrency import await_
 
 Description = tuple[tuple[Any, ...], ...] | None
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _writes(operation: str) -> bool:
+    """Whether pysqlite opens a write transaction for this statement."""
+    return operation.lstrip()[:7].upper().startswith(_WRITES)
 
 
 class _Outcome:
@@ -90,13 +105,18 @@ class PrefetchingCursor:
         await self._run(operation, parameters, many=True)
 
     async def _run(self, operation: str, parameters: Any, *, many: bool) -> None:
-        driver = self._connection.driver
-        self._connection.in_transaction = True  # unknown until the call returns
+        connection = self._connection
+        if not connection.in_transaction and _writes(operation):
+            await connection.take_write_lock()
+        driver = connection.driver
+        connection.in_transaction = True  # unknown until the call returns
         # aiosqlite's own queue to its thread (untyped, hence the ignore).
         outcome: _Outcome = await driver._execute(  # type: ignore[no-untyped-call]
             _execute, driver._conn, operation, parameters, many
         )
-        self._connection.in_transaction = outcome.in_transaction
+        connection.in_transaction = outcome.in_transaction
+        if not outcome.in_transaction:
+            connection.release_write_lock()
         self.description = outcome.description
         self.rowcount = outcome.rowcount
         self.lastrowid = outcome.lastrowid
@@ -127,11 +147,12 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     """SQLAlchemy's aiosqlite connection adapter with one-trip statements."""
 
-    __slots__ = ("in_transaction",)
+    __slots__ = ("holds_write_lock", "in_transaction")
 
     _cursor_cls = OneTripCursor
+    dbapi: OneTripDBAPI
 
-    def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
+    def __init__(self, dbapi: OneTripDBAPI, connection: aiosqlite.Connection) -> None:
         """Wrap an open aiosqlite connection."""
         # aiosqlite.Connection is what the parent expects; its protocol type
         # does not describe aiosqlite's context-manager `cursor()`.
@@ -139,6 +160,29 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # The adapter may run statements it did not see (a server-side cursor),
         # so "no transaction" is only believed after our own statements.
         self.in_transaction = True
+        self.holds_write_lock = False
+
+    async def take_write_lock(self) -> None:
+        """Wait (at most the busy timeout) until no other connection writes.
+
+        Raises:
+            sqlite3.OperationalError: "database is locked", as SQLite says it.
+        """
+        if self.holds_write_lock:
+            return
+        try:
+            await asyncio.wait_for(
+                self.dbapi.write_lock.acquire(), self.dbapi.busy_timeout
+            )
+        except TimeoutError as exc:
+            raise sqlite3.OperationalError("database is locked") from exc
+        self.holds_write_lock = True
+
+    def release_write_lock(self) -> None:
+        """Let the next writer in (after COMMIT or ROLLBACK)."""
+        if self.holds_write_lock:
+            self.holds_write_lock = False
+            self.dbapi.write_lock.release()
 
     @property
     def driver(self) -> aiosqlite.Connection:
@@ -156,16 +200,36 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         if self.in_transaction:
             super().commit()
             self.in_transaction = False
+        self.release_write_lock()
 
     def rollback(self) -> None:
         """ROLLBACK, unless no transaction is open."""
-        if self.in_transaction:
-            super().rollback()
-            self.in_transaction = False
+        try:
+            if self.in_transaction:
+                super().rollback()
+                self.in_transaction = False
+        finally:
+            self.release_write_lock()
+
+    def close(self) -> None:
+        """Close the connection (and give up the write lock if it had it)."""
+        try:
+            super().close()
+        finally:
+            self.release_write_lock()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DB-API module of SQLAlchemy, connecting `OneTripConnection`s."""
+    """The aiosqlite DB-API module of SQLAlchemy, connecting `OneTripConnection`s.
+
+    One per engine: its write lock is shared by the engine's connections.
+    """
+
+    def __init__(self, busy_timeout: float) -> None:
+        """Set up the module; `busy_timeout` (seconds) bounds a wait to write."""
+        super().__init__(aiosqlite, sqlite3)
+        self.busy_timeout = busy_timeout
+        self.write_lock = asyncio.Lock()
 
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         """Open an aiosqlite connection (a daemon thread) and adapt it."""
@@ -175,6 +239,11 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         return OneTripConnection(self, await_(connection))
 
 
-def dbapi() -> OneTripDBAPI:
-    """The module to pass as `create_async_engine(..., module=...)`."""
-    return OneTripDBAPI(aiosqlite, sqlite3)
+def dbapi(busy_timeout: float) -> OneTripDBAPI:
+    """The module to pass as `create_async_engine(..., module=...)`.
+
+    Args:
+        busy_timeout: Seconds a writer waits for another one before
+            "database is locked" (SQLite's busy timeout, for the same wait).
+    """
+    return OneTripDBAPI(busy_timeout)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Select,
     Table,
     func,
+    insert,
     literal,
     select,
     tuple_,
@@ -75,6 +76,9 @@ def cursor_after(item: Mapping[str, Any], filters: ItemFilters) -> Cursor:
     return Cursor(filters.sort.value, filters.order.value, value, item["id"])
 
 
+_INSERT = insert(ITEMS).returning(*ITEMS.c)
+
+
 class ItemRepository:
     """Load and store items."""
 
@@ -85,6 +89,11 @@ class ItemRepository:
     async def get(self, item_id: int) -> Item | None:
         """The item with this id, or None."""
         return await self.session.get(Item, item_id)
+
+    async def insert(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert one item (a Core INSERT: no unit of work); its row as stored."""
+        result = await self.session.execute(_INSERT, dict(values))
+        return dict(result.mappings().one())
 
     async def add_all(self, items: Sequence[Item]) -> None:
         """Insert items and flush (ids are assigned)."""
@@ -104,27 +113,34 @@ class ItemRepository:
         limit: int,
         offset: int = 0,
         cursor: Cursor | None = None,
-    ) -> list[dict[str, Any]]:
+        with_total: bool = False,
+    ) -> tuple[list[dict[str, Any]], int | None]:
         """One page of an owner's items in one statement, whatever its size.
 
         With a cursor, keyset pagination (stable under inserts and deletes, cost
-        independent of depth); otherwise limit/offset.
+        independent of depth); otherwise limit/offset. With `with_total`, the
+        count of every match rides along as a scalar subquery (computed once,
+        in the same snapshot), so a page and its total are one round trip.
 
         Returns:
-            The items as the API shows them (timestamps as ISO 8601 strings).
+            The items as the API shows them (timestamps as ISO 8601 strings),
+            and the total when asked for and the page is not empty (an empty
+            page has no row to carry it: see `count`).
         """
-        statement = (
-            select(ItemJsonRow())
-            .select_from(ITEMS)
-            .where(*_conditions(owner_id, filters))
-        )
+        conditions = _conditions(owner_id, filters)
+        columns: list[Any] = [ItemJsonRow()]
+        if with_total:
+            total = select(func.count()).select_from(ITEMS).where(*conditions)
+            columns.append(total.scalar_subquery())
+        statement = select(*columns).select_from(ITEMS).where(*conditions)
         if cursor is not None:
             statement = statement.where(_after(cursor, filters))
         else:
             statement = statement.offset(offset)
         statement = _ordered(statement, filters).limit(limit)
-        result = await self.session.execute(statement)
-        return parse_rows(result.scalars().all())
+        rows = (await self.session.execute(statement)).all()
+        items = parse_rows([row[0] for row in rows])
+        return items, (int(rows[0][1]) if with_total and rows else None)
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.models.outbox import OutboxEvent, ProcessedEvent
+
+# A Core INSERT on the table, with the values as parameters (see audit.append).
+_INSERT = insert(cast("Table", OutboxEvent.__table__))
+
+
+async def append(session: AsyncSession, values: dict[str, Any]) -> None:
+    """Insert one outbox row in the caller's transaction (committed with it)."""
+    await session.execute(_INSERT, values)
 
 
 def _deliverable(max_attempts: int) -> ColumnElement[bool]:

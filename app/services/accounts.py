@@ -106,7 +106,7 @@ async def insert_and_commit(
     except UniqueViolationError as exc:
         await session.rollback()
         raise _CONFLICTS[exc.column]() from exc
-    audit.record(
+    await audit.record(
         session,
         actor=actor,
         actor_id=user.id if self_registered else None,
@@ -116,7 +116,7 @@ async def insert_and_commit(
         entity_id=user.id,
         changes=audit.diff(None, audit.snapshot(user, audit.USER_AUDITED_FIELDS)),
     )
-    events.emit(
+    await events.emit(
         session,
         event_types.USER_CREATED,
         "user",

@@ -78,7 +78,7 @@ async def attach(
     )
     try:
         await AttachmentRepository(session).add(attachment)
-        _audit(session, principal, "attachment.create", attachment, created=True)
+        await _audit(session, principal, "attachment.create", attachment, created=True)
         await session.commit()
     except BaseException:
         await storage.delete(stored.key)  # no orphan file for a failed write
@@ -86,7 +86,7 @@ async def attach(
     return attachment
 
 
-def _audit(
+async def _audit(
     session: AsyncSession,
     principal: Principal,
     action: str,
@@ -100,7 +100,7 @@ def _audit(
         "content_type": attachment.content_type,
         "size": attachment.size,
     }
-    audit.record(
+    await audit.record(
         session,
         actor=principal,
         action=action,
@@ -153,6 +153,6 @@ async def remove(
     if item.owner_id != principal.user_id and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Only the owner or an administrator may delete files")
     await AttachmentRepository(session).delete(attachment)
-    _audit(session, principal, "attachment.delete", attachment, created=False)
+    await _audit(session, principal, "attachment.delete", attachment, created=False)
     await session.commit()
     await storage.delete(attachment.storage_key)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.logging import client_ip_var, request_id_var
 from app.core.principal import Principal
 from app.models.audit import AuditLog
+from app.models.base import utcnow
 from app.repositories import audit as audit_repository
 from app.schemas.audit import AuditFilters
 
@@ -62,7 +63,7 @@ def diff(
     return changes
 
 
-def record(
+async def record(
     session: AsyncSession,
     *,
     actor: Principal | None,
@@ -73,7 +74,7 @@ def record(
     actor_id: int | None = None,
     actor_name: str | None = None,
 ) -> None:
-    """Add one audit row to the current transaction (committed with the change).
+    """Write one audit row in the current transaction (committed with the change).
 
     Args:
         session: The transaction the change is in.
@@ -85,18 +86,19 @@ def record(
         actor_id: Overrides the actor's id (e.g. a user signing themselves up).
         actor_name: Overrides the actor's display name.
     """
-    audit_repository.append(
+    await audit_repository.append(
         session,
-        AuditLog(
-            actor_id=actor_id if actor_id is not None else (actor and actor.user_id),
-            actor_name=actor_name or (actor.display_name if actor else None),
-            action=action,
-            entity_type=entity_type,
-            entity_id=str(entity_id),
-            changed_fields=changes,
-            request_id=request_id_var.get(),
-            client_ip=client_ip_var.get(),
-        ),
+        {
+            "occurred_at": utcnow(),
+            "actor_id": actor_id if actor_id is not None else (actor and actor.user_id),
+            "actor_name": actor_name or (actor.display_name if actor else None),
+            "action": action,
+            "entity_type": entity_type,
+            "entity_id": str(entity_id),
+            "changed_fields": changes,
+            "request_id": request_id_var.get(),
+            "client_ip": client_ip_var.get(),
+        },
     )
 
 

@@ -160,7 +160,7 @@ def _expired(settings: Settings, family: AuthSession, now: datetime) -> bool:
     return now >= family.expires_at or now >= family.last_used_at + idle
 
 
-def _audit_revocation(
+async def _audit_revocation(
     session: AsyncSession,
     principal: Principal | None,
     session_id: str,
@@ -168,7 +168,7 @@ def _audit_revocation(
     *,
     user_id: int | None = None,
 ) -> None:
-    audit.record(
+    await audit.record(
         session,
         actor=principal,
         actor_id=user_id,
@@ -187,7 +187,7 @@ async def _revoke_for_reuse(
     revoked = await repository.revoke(
         utcnow(), "token_reuse", user_id=user_id, session_id=family_id
     )
-    _audit_revocation(session, None, family_id, "token_reuse", user_id=user_id)
+    await _audit_revocation(session, None, family_id, "token_reuse", user_id=user_id)
     await session.commit()
     await auth_cache.forget_sessions(session, revoked)
     security_log.warning(
@@ -253,7 +253,7 @@ async def logout(session: AsyncSession, principal: Principal) -> None:
             user_id=principal.user_id,
             session_id=principal.session_id,
         )
-        _audit_revocation(session, principal, principal.session_id, "logout")
+        await _audit_revocation(session, principal, principal.session_id, "logout")
         await session.commit()
         await auth_cache.forget_sessions(session, revoked)
 
@@ -266,7 +266,7 @@ async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
     user = await UserRepository(session).get(principal.user_id)
     if user is not None:
         user.token_version += 1
-    audit.record(
+    await audit.record(
         session,
         actor=principal,
         action="session.revoke_all",
@@ -300,7 +300,7 @@ async def revoke_session(
     )
     if not revoked:
         raise NotFoundError("Session not found")
-    _audit_revocation(session, principal, session_id, "revoked_by_user")
+    await _audit_revocation(session, principal, session_id, "revoked_by_user")
     await session.commit()
     await auth_cache.forget_sessions(session, revoked)
 

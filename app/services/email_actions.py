@@ -33,7 +33,7 @@ async def request_verification(session: AsyncSession, principal: Principal) -> N
     user = await UserRepository(session).get(principal.user_id)
     if user is None or user.is_verified:
         return
-    events.emit(
+    await events.emit(
         session,
         event_types.USER_VERIFICATION_REQUESTED,
         "user",
@@ -67,7 +67,7 @@ async def confirm_verification(session: AsyncSession, token: str) -> None:
     user = await _redeem(session, token, EMAIL_VERIFICATION)
     if not user.is_verified:
         user.is_verified = True
-        audit.record(
+        await audit.record(
             session,
             actor=None,
             actor_id=user.id,
@@ -90,7 +90,7 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
     user = await UserRepository(session).get_by_login(email)
     if user is None or not user.is_active or "@" not in email:
         return
-    events.emit(
+    await events.emit(
         session,
         event_types.USER_PASSWORD_RESET_REQUESTED,
         "user",
@@ -126,7 +126,7 @@ async def confirm_password_reset(
         now, "password_reset", user_id=user.id
     )
     await action_tokens.consume_all(session, user.id, PASSWORD_RESET, now)
-    audit.record(
+    await audit.record(
         session,
         actor=None,
         actor_id=user.id,
@@ -139,7 +139,7 @@ async def confirm_password_reset(
             "sessions_revoked": {"old": None, "new": len(revoked)},
         },
     )
-    events.emit(
+    await events.emit(
         session,
         event_types.USER_PASSWORD_CHANGED,
         "user",

@@ -10,16 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.events import Event
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
+from app.repositories import outbox
 
 
-def emit(
+async def emit(
     session: AsyncSession,
     event_type: str,
     aggregate_type: str,
     aggregate_id: object,
     payload: dict[str, Any],
 ) -> None:
-    """Add an event to the outbox; it is committed (or not) with the change.
+    """Write an event to the outbox; it is committed (or not) with the change.
 
     Args:
         session: The transaction of the change the event announces.
@@ -28,15 +29,16 @@ def emit(
         aggregate_id: The aggregate's id; events of one aggregate keep their order.
         payload: JSON-serialisable facts handlers need (no secrets).
     """
-    session.add(
-        OutboxEvent(
-            event_id=uuid.uuid4().hex,
-            event_type=event_type,
-            aggregate_type=aggregate_type,
-            aggregate_id=str(aggregate_id),
-            payload=payload,
-            occurred_at=utcnow(),
-        )
+    await outbox.append(
+        session,
+        {
+            "event_id": uuid.uuid4().hex,
+            "event_type": event_type,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": str(aggregate_id),
+            "payload": payload,
+            "occurred_at": utcnow(),
+        },
     )
 
 

@@ -55,21 +55,22 @@ class ItemPage:
     next_cursor: str | None
 
 
-def _new_item(principal: Principal, payload: ItemCreate) -> Item:
+def _new_item(principal: Principal, payload: ItemCreate) -> dict[str, Any]:
     now = utcnow()
     name = principal.display_name
-    return Item(
-        title=payload.title,
-        description=payload.description,
-        status=payload.status.value,
-        owner_id=principal.user_id,
-        created_by_id=principal.user_id,
-        created_by_name=name,
-        updated_by_id=principal.user_id,
-        updated_by_name=name,
-        created_at=now,
-        updated_at=now,
-    )
+    return {
+        "title": payload.title,
+        "description": payload.description,
+        "status": payload.status.value,
+        "owner_id": principal.user_id,
+        "created_by_id": principal.user_id,
+        "created_by_name": name,
+        "updated_by_id": principal.user_id,
+        "updated_by_name": name,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
 
 
 _EVENT_OF_ACTION = {
@@ -79,7 +80,7 @@ _EVENT_OF_ACTION = {
 }
 
 
-def _audit(
+async def _audit(
     session: AsyncSession,
     principal: Principal,
     action: str,
@@ -89,7 +90,7 @@ def _audit(
 ) -> None:
     """Record the change in the audit trail and announce it in the outbox."""
     changes = audit.diff(before, after)
-    audit.record(
+    await audit.record(
         session,
         actor=principal,
         action=action,
@@ -98,7 +99,7 @@ def _audit(
         changes=changes,
     )
     state = after or before or {}
-    events.emit(
+    await events.emit(
         session,
         _EVENT_OF_ACTION[action],
         "item",
@@ -134,10 +135,10 @@ async def create_item(
         stored = await idempotency.stored_answer(session, request)
         if stored is not None:
             return CreatedItem(ItemPublic.model_validate(stored), replayed=True)
-    item = _new_item(principal, payload)
-    await ItemRepository(session).add_all([item])
-    _audit(session, principal, "item.create", item.id, None, _snapshot(item))
-    public = ItemPublic.model_validate(item)
+    row = await ItemRepository(session).insert(_new_item(principal, payload))
+    after = {field: row[field] for field in ITEM_AUDITED_FIELDS}
+    await _audit(session, principal, "item.create", row["id"], None, after)
+    public = ItemPublic.model_validate(row)
     if request is not None:
         try:
             await idempotency.remember(
@@ -155,10 +156,10 @@ async def create_items(
     session: AsyncSession, principal: Principal, payloads: Sequence[ItemCreate]
 ) -> list[Item]:
     """Create several items in one transaction: all of them or none."""
-    items = [_new_item(principal, payload) for payload in payloads]
+    items = [Item(**_new_item(principal, payload)) for payload in payloads]
     await ItemRepository(session).add_all(items)
     for item in items:
-        _audit(session, principal, "item.create", item.id, None, _snapshot(item))
+        await _audit(session, principal, "item.create", item.id, None, _snapshot(item))
     await session.commit()
     return items
 
@@ -222,7 +223,7 @@ async def update_item(
     except StaleDataError as exc:
         await session.rollback()
         raise _lost_race(if_match) from exc
-    _audit(session, principal, "item.update", item.id, before, _snapshot(item))
+    await _audit(session, principal, "item.update", item.id, before, _snapshot(item))
     await session.commit()
     return item
 
@@ -259,7 +260,7 @@ async def delete_item(
     except StaleDataError as exc:
         await session.rollback()
         raise _lost_race(if_match) from exc
-    _audit(session, principal, "item.delete", item_id, before, None)
+    await _audit(session, principal, "item.delete", item_id, before, None)
     await session.commit()
     for key in keys:  # after the commit: a failed commit must not lose files
         await storage.delete(key)
@@ -290,10 +291,18 @@ async def list_items(
         )
     repository = ItemRepository(session)
     # One extra row tells whether another page follows, without a second query.
-    rows = await repository.page(
-        owner_id, filters, limit=limit + 1, offset=offset, cursor=position
+    rows, total = await repository.page(
+        owner_id,
+        filters,
+        limit=limit + 1,
+        offset=offset,
+        cursor=position,
+        with_total=with_total,
     )
     items, more = rows[:limit], len(rows) > limit
     next_cursor = cursor_after(items[-1], filters).encode() if more else None
-    total = await repository.count(owner_id, filters) if with_total else None
+    if with_total and total is None:
+        # An empty page: nothing matches at all, or the page is past the end.
+        first_page = offset == 0 and position is None
+        total = 0 if first_page else await repository.count(owner_id, filters)
     return ItemPage(items=items, total=total, next_cursor=next_cursor)

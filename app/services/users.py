@@ -123,7 +123,7 @@ def _apply(user: User, changes: dict[str, object]) -> dict[str, object]:
     return changed
 
 
-def _audit_user(
+async def _audit_user(
     session: AsyncSession,
     principal: Principal,
     action: str,
@@ -132,7 +132,7 @@ def _audit_user(
     **extra: dict[str, Any],
 ) -> None:
     after = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
-    audit.record(
+    await audit.record(
         session,
         actor=principal,
         action=action,
@@ -149,7 +149,7 @@ async def update_profile(
     user = await get_self(session, principal)
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     if _apply(user, payload.model_dump(exclude_unset=True)):
-        _audit_user(session, principal, "user.update", user, before)
+        await _audit_user(session, principal, "user.update", user, before)
         await session.commit()
         await auth_cache.forget_user(session, user.id)  # names are in the cache
     return user
@@ -192,20 +192,20 @@ async def update_user(
         )
         revoked = {"sessions_revoked": {"old": None, "new": len(revoked_ids)}}
     action = "user.role_change" if "role" in changed else "user.update"
-    _audit_user(session, principal, action, user, before, **revoked)
+    await _audit_user(session, principal, action, user, before, **revoked)
     if "is_active" in changed:
-        _emit_status(session, user)
+        await _emit_status(session, user)
     await session.commit()
     await auth_cache.forget_user(session, user.id)
     await auth_cache.forget_sessions(session, revoked_ids)
     return user
 
 
-def _emit_status(session: AsyncSession, user: User) -> None:
+async def _emit_status(session: AsyncSession, user: User) -> None:
     kind = (
         event_types.USER_ACTIVATED if user.is_active else event_types.USER_DEACTIVATED
     )
-    events.emit(session, kind, "user", user.id, {"user_id": user.id})
+    await events.emit(session, kind, "user", user.id, {"user_id": user.id})
 
 
 async def create_user(
@@ -241,7 +241,7 @@ async def delete_user(
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     if hard:
         await repository.delete(user)
-        audit.record(
+        await audit.record(
             session,
             actor=principal,
             action="user.delete",
@@ -255,7 +255,7 @@ async def delete_user(
         revoked = await SessionRepository(session).revoke(
             utcnow(), "deleted", user_id=user.id
         )
-        _audit_user(
+        await _audit_user(
             session,
             principal,
             "user.deactivate",
@@ -263,7 +263,7 @@ async def delete_user(
             before,
             sessions_revoked={"old": None, "new": len(revoked)},
         )
-        _emit_status(session, user)
+        await _emit_status(session, user)
     await session.commit()
     await auth_cache.forget_user(session, user_id)
 
@@ -310,7 +310,7 @@ async def change_password(
         user_id=user.id,
         keep_session_id=principal.session_id,
     )
-    _audit_user(
+    await _audit_user(
         session,
         principal,
         "user.password_change",
@@ -318,7 +318,7 @@ async def change_password(
         before,
         sessions_revoked={"old": None, "new": len(revoked)},
     )
-    events.emit(
+    await events.emit(
         session,
         event_types.USER_PASSWORD_CHANGED,
         "user",
