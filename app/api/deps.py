@@ -52,11 +52,10 @@ async def get_password_hasher(request: Request) -> PasswordHasher:
     return hasher
 
 
-async def get_session(
-    request: Request,
-    database: Annotated[Database, Depends(get_database)],
-) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; closing it rolls back anything not committed."""
+    # app.state directly: every sub-dependency costs FastAPI time per request.
+    database: Database = request.app.state.database
     async with database.sessionmaker() as session:
         auth_cache.attach(session, request.app.state.auth_cache)
         yield session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.pagination import Cursor
 from app.models.item import Attachment, Item
-from app.repositories.json_rows import json_row_class, parse_rows
+from app.repositories.json_rows import json_array, json_row_class, parse_row
 from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.item import ItemFilters, ItemPublic, SortField, SortOrder
 
@@ -79,6 +80,15 @@ def cursor_after(item: Mapping[str, Any], filters: ItemFilters) -> Cursor:
 _INSERT = insert(ITEMS).returning(*ITEMS.c)
 
 
+@dataclass(frozen=True, slots=True)
+class ItemRows:
+    """A page of items as JSON, ready for the response."""
+
+    items: Any  # a JSON array for orjson (see json_rows.json_array)
+    last: dict[str, Any] | None  # the last item, when another page follows
+    total: int | None  # when asked for, unless the page is empty
+
+
 class ItemRepository:
     """Load and store items."""
 
@@ -114,18 +124,14 @@ class ItemRepository:
         offset: int = 0,
         cursor: Cursor | None = None,
         with_total: bool = False,
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> ItemRows:
         """One page of an owner's items in one statement, whatever its size.
 
         With a cursor, keyset pagination (stable under inserts and deletes, cost
         independent of depth); otherwise limit/offset. With `with_total`, the
         count of every match rides along as a scalar subquery (computed once,
-        in the same snapshot), so a page and its total are one round trip.
-
-        Returns:
-            The items as the API shows them (timestamps as ISO 8601 strings),
-            and the total when asked for and the page is not empty (an empty
-            page has no row to carry it: see `count`).
+        in the same snapshot), so a page and its total are one round trip. One
+        extra row tells whether another page follows.
         """
         conditions = _conditions(owner_id, filters)
         columns: list[Any] = [ItemJsonRow()]
@@ -137,10 +143,15 @@ class ItemRepository:
             statement = statement.where(_after(cursor, filters))
         else:
             statement = statement.offset(offset)
-        statement = _ordered(statement, filters).limit(limit)
+        statement = _ordered(statement, filters).limit(limit + 1)
         rows = (await self.session.execute(statement)).all()
-        items = parse_rows([row[0] for row in rows])
-        return items, (int(rows[0][1]) if with_total and rows else None)
+        texts = [row[0] for row in rows[:limit]]
+        more = len(rows) > limit
+        return ItemRows(
+            items=json_array(texts, self.session.get_bind().dialect.name),
+            last=parse_row(texts[-1]) if more else None,
+            total=int(rows[0][1]) if with_total and rows else None,
+        )
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""

@@ -5,8 +5,9 @@ datetime parses and 100 dicts before orjson turns them back into text; that
 was most of a list request's CPU. Here SQLite (`json_object`) or PostgreSQL
 (`json_build_object`) writes each row as one JSON string, in the API's field
 order and formats (timestamps as ISO 8601 UTC with `Z`, microseconds only when
-not zero, exactly as pydantic and orjson write them elsewhere), and orjson
-parses the page in one C call.
+not zero, exactly as pydantic and orjson write them elsewhere). SQLite's text
+is compact, so a page goes into the response as it is, never parsed;
+PostgreSQL's has spaces after colons, so orjson re-reads it (one C call).
 
 The SQL is fixed per table and dialect, so the expression carries no bound
 values and a constant cache key: building and caching a statement around it
@@ -51,6 +52,8 @@ _DIALECTS: dict[str, tuple[str, str, Callable[[str], str]]] = {
     "sqlite": ("json_object", "", _sqlite_time),
     "postgresql": ("json_build_object", "::text", _postgresql_time),
 }
+# Dialects whose JSON text is already what orjson would write (no spaces).
+_COMPACT = frozenset({"sqlite"})
 
 
 class JsonRow(ColumnElement[str]):
@@ -101,7 +104,25 @@ def _compile(element: JsonRow, compiler: SQLCompiler, **kw: Any) -> str:
     return f"{function}({', '.join(pairs)}){suffix}"
 
 
-def parse_rows(rows: Sequence[str]) -> list[dict[str, Any]]:
-    """The JSON rows of a page as dicts, parsed in one call."""
-    parsed: list[dict[str, Any]] = orjson.loads("[" + ",".join(rows) + "]")
+def json_array(rows: Sequence[str], dialect: str) -> orjson.Fragment | list[Any]:
+    """The JSON rows as one JSON array, for `orjson.dumps`.
+
+    Args:
+        rows: Texts of `JsonRow` columns.
+        dialect: The database that wrote them (`sqlite`, `postgresql`).
+
+    Returns:
+        The array as a fragment orjson embeds as is, when the database wrote
+        compact JSON; else the parsed rows (orjson writes them compactly).
+    """
+    array = "[" + ",".join(rows) + "]"
+    if dialect in _COMPACT:
+        return orjson.Fragment(array)
+    parsed: list[Any] = orjson.loads(array)
+    return parsed
+
+
+def parse_row(row: str) -> dict[str, Any]:
+    """One JSON row as a dict."""
+    parsed: dict[str, Any] = orjson.loads(row)
     return parsed

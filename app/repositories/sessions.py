@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Table, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.auth_session import AuthSession, RefreshToken
 from app.models.user import User
+
+# Core INSERTs with parameters: a login writes two rows nobody reads back, so
+# the unit of work (identity map, flush planning) would be pure overhead.
+_INSERT_SESSION = insert(cast("Table", AuthSession.__table__))
+_INSERT_TOKEN = insert(cast("Table", RefreshToken.__table__))
 
 
 class SessionRepository:
@@ -19,13 +25,10 @@ class SessionRepository:
         """Bind to the request's database session."""
         self.session = session
 
-    async def add(self, auth_session: AuthSession, token_hash: str) -> None:
-        """Store a new family with its first refresh token."""
-        self.session.add(auth_session)
-        self.session.add(
-            RefreshToken(session_id=auth_session.id, token_hash=token_hash)
-        )
-        await self.session.flush()
+    async def add(self, family: Mapping[str, Any], token_hash: str) -> None:
+        """Store a new family (its column values) with its first refresh token."""
+        await self.session.execute(_INSERT_SESSION, dict(family))
+        await self.add_token(family["id"], token_hash)
 
     async def find_token(
         self, token_hash: str
@@ -51,8 +54,8 @@ class SessionRepository:
 
     async def add_token(self, session_id: str, token_hash: str) -> None:
         """Add the next refresh token of a family."""
-        self.session.add(RefreshToken(session_id=session_id, token_hash=token_hash))
-        await self.session.flush()
+        values = {"session_id": session_id, "token_hash": token_hash}
+        await self.session.execute(_INSERT_TOKEN, values)
 
     async def touch(self, session_id: str, now: datetime) -> None:
         """Record that the family was just used."""

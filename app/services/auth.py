@@ -134,24 +134,26 @@ async def _open_session(
     client: ClientInfo,
 ) -> TokenPair:
     now = utcnow()
-    family = AuthSession(
-        id=uuid.uuid4().hex,
-        user_id=user.id,
-        scope=format_scope(scopes),
-        user_agent=(client.user_agent or "")[:255] or None,
-        ip_address=client.ip,
-        created_at=now,
-        last_used_at=now,
-        expires_at=now + timedelta(days=settings.REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS),
-    )
+    family_id, scope = uuid.uuid4().hex, format_scope(scopes)
+    family = {
+        "id": family_id,
+        "user_id": user.id,
+        "scope": scope,
+        "user_agent": (client.user_agent or "")[:255] or None,
+        "ip_address": client.ip,
+        "created_at": now,
+        "last_used_at": now,
+        "expires_at": now
+        + timedelta(days=settings.REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS),
+    }
     refresh_token = new_refresh_token()
     await SessionRepository(session).add(family, hash_refresh_token(refresh_token))
     await session.commit()
     return TokenPair(
-        access=_issue_access(settings, user, scopes, family.id),
+        access=_issue_access(settings, user, scopes, family_id),
         refresh_token=refresh_token,
-        scope=family.scope,
-        session_id=family.id,
+        scope=scope,
+        session_id=family_id,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,9 @@ class CreatedItem:
 
 @dataclass(frozen=True, slots=True)
 class ItemPage:
-    """One page of items (plain rows), and where the next one starts."""
+    """One page of items (a JSON array for orjson), and where the next one starts."""
 
-    items: Sequence[Mapping[str, Any]]
+    items: Any
     total: int | None
     next_cursor: str | None
 
@@ -290,19 +290,19 @@ async def list_items(
             is_time=filters.sort is not SortField.TITLE,
         )
     repository = ItemRepository(session)
-    # One extra row tells whether another page follows, without a second query.
-    rows, total = await repository.page(
+    rows = await repository.page(
         owner_id,
         filters,
-        limit=limit + 1,
+        limit=limit,
         offset=offset,
         cursor=position,
         with_total=with_total,
     )
-    items, more = rows[:limit], len(rows) > limit
-    next_cursor = cursor_after(items[-1], filters).encode() if more else None
+    last = rows.last
+    next_cursor = cursor_after(last, filters).encode() if last is not None else None
+    total = rows.total
     if with_total and total is None:
         # An empty page: nothing matches at all, or the page is past the end.
         first_page = offset == 0 and position is None
         total = 0 if first_page else await repository.count(owner_id, filters)
-    return ItemPage(items=items, total=total, next_cursor=next_cursor)
+    return ItemPage(items=rows.items, total=total, next_cursor=next_cursor)
