@@ -218,6 +218,18 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         finally:
             self.release_write_lock()
 
+    def terminate(self) -> None:
+        """Drop an invalidated connection (a cancelled request, a broken file).
+
+        SQLite discards the open transaction with the connection; the write
+        lock must go with it, or every later writer would time out.
+        """
+        try:
+            super().terminate()
+        finally:
+            self.in_transaction = False
+            self.release_write_lock()
+
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The aiosqlite DB-API module of SQLAlchemy, connecting `OneTripConnection`s.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.database import create_engine
@@ -134,3 +135,55 @@ def test_json_rows_need_real_columns_and_a_known_dialect() -> None:
     row = json_row_class(table, ["id"])
     with pytest.raises(NotImplementedError, match="mysql"):
         select(row()).select_from(table).compile(dialect=mysql.dialect())
+
+
+async def test_writers_queue_and_an_invalidated_writer_lets_the_next_one_in(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
+        SQLITE_BUSY_TIMEOUT_MS=2000,
+    )
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v INTEGER)"))
+        first = await engine.connect()
+        await first.execute(text("INSERT INTO t VALUES (1)"))  # holds the write lock
+
+        async def second_writer() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO t VALUES (2)"))
+
+        waiting = asyncio.create_task(second_writer())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # queued behind the first writer, not failed
+        await first.invalidate()  # e.g. the request was cancelled mid-write
+        await first.close()
+        await asyncio.wait_for(waiting, 1)
+        async with engine.connect() as connection:
+            values = (await connection.execute(text("SELECT v FROM t"))).all()
+        assert values == [(2,)]  # the invalidated write was discarded
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_waits_no_longer_than_the_busy_timeout(tmp_path: Path) -> None:
+    settings = make_settings(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
+        SQLITE_BUSY_TIMEOUT_MS=300,
+    )
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (v INTEGER)"))
+        async with engine.connect() as first, engine.connect() as second:
+            await first.execute(text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(OperationalError, match="database is locked"):
+                await second.execute(text("INSERT INTO t VALUES (2)"))
+            await second.rollback()
+            await first.commit()
+            await second.execute(text("INSERT INTO t VALUES (3)"))
+            await second.commit()
+    finally:
+        await engine.dispose()
