@@ -49,6 +49,10 @@ def _conditions(owner_id: int, filters: ItemFilters) -> list[ColumnElement[bool]
     return conditions
 
 
+def _count(conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    return select(func.count()).select_from(ITEMS).where(*conditions)
+
+
 def _ordered(statement: Select[Any], filters: ItemFilters) -> Select[Any]:
     column = SORT_COLUMNS[filters.sort]
     if filters.order is SortOrder.DESC:
@@ -136,8 +140,7 @@ class ItemRepository:
         conditions = _conditions(owner_id, filters)
         columns: list[Any] = [ItemJsonRow()]
         if with_total:
-            total = select(func.count()).select_from(ITEMS).where(*conditions)
-            columns.append(total.scalar_subquery())
+            columns.append(_count(conditions).scalar_subquery())
         statement = select(*columns).select_from(ITEMS).where(*conditions)
         if cursor is not None:
             statement = statement.where(_after(cursor, filters))
@@ -155,11 +158,7 @@ class ItemRepository:
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""
-        statement = (
-            select(func.count())
-            .select_from(ITEMS)
-            .where(*_conditions(owner_id, filters))
-        )
+        statement = _count(_conditions(owner_id, filters))
         return int((await self.session.execute(statement)).scalar_one())
 
     async def attachment_keys(self, item_id: int) -> list[str]:

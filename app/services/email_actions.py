@@ -33,12 +33,8 @@ async def request_verification(session: AsyncSession, principal: Principal) -> N
     user = await UserRepository(session).get(principal.user_id)
     if user is None or user.is_verified:
         return
-    await events.emit(
-        session,
-        event_types.USER_VERIFICATION_REQUESTED,
-        "user",
-        user.id,
-        {"user_id": user.id},
+    await events.emit_user_event(
+        session, event_types.USER_VERIFICATION_REQUESTED, user.id
     )
     await session.commit()
 
@@ -90,12 +86,8 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
     user = await UserRepository(session).get_by_login(email)
     if user is None or not user.is_active or "@" not in email:
         return
-    await events.emit(
-        session,
-        event_types.USER_PASSWORD_RESET_REQUESTED,
-        "user",
-        user.id,
-        {"user_id": user.id},
+    await events.emit_user_event(
+        session, event_types.USER_PASSWORD_RESET_REQUESTED, user.id
     )
     await session.commit()
 
@@ -139,13 +131,7 @@ async def confirm_password_reset(
             "sessions_revoked": {"old": None, "new": len(revoked)},
         },
     )
-    await events.emit(
-        session,
-        event_types.USER_PASSWORD_CHANGED,
-        "user",
-        user.id,
-        {"user_id": user.id},
-    )
+    await events.emit_user_event(session, event_types.USER_PASSWORD_CHANGED, user.id)
     await session.commit()
     await auth_cache.forget_user(session, user.id)
     await auth_cache.forget_sessions(session, revoked)

@@ -42,6 +42,11 @@ async def emit(
     )
 
 
+async def emit_user_event(session: AsyncSession, event_type: str, user_id: int) -> None:
+    """Write a `user` event whose payload is just the user's id (handlers reload it)."""
+    await emit(session, event_type, "user", user_id, {"user_id": user_id})
+
+
 def to_event(row: OutboxEvent) -> Event:
     """The wire form of an outbox row."""
     return Event(

@@ -205,7 +205,7 @@ async def _emit_status(session: AsyncSession, user: User) -> None:
     kind = (
         event_types.USER_ACTIVATED if user.is_active else event_types.USER_DEACTIVATED
     )
-    await events.emit(session, kind, "user", user.id, {"user_id": user.id})
+    await events.emit_user_event(session, kind, user.id)
 
 
 async def create_user(
@@ -318,13 +318,7 @@ async def change_password(
         before,
         sessions_revoked={"old": None, "new": len(revoked)},
     )
-    await events.emit(
-        session,
-        event_types.USER_PASSWORD_CHANGED,
-        "user",
-        user.id,
-        {"user_id": user.id},
-    )
+    await events.emit_user_event(session, event_types.USER_PASSWORD_CHANGED, user.id)
     await session.commit()
     await auth_cache.forget_sessions(session, revoked)
     return len(revoked)

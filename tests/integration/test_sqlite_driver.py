@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,30 @@ from app.sqlite_driver import OneTripConnection
 from tests.conftest import make_settings
 
 
+@asynccontextmanager
+async def notes_engine(
+    tmp_path: Path, busy_timeout_ms: int = 5000
+) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh file holding one `notes` table."""
+    settings = make_settings(
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'notes.db'}",
+        SQLITE_BUSY_TIMEOUT_MS=busy_timeout_ms,
+    )
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT UNIQUE)")
+            )
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    settings = make_settings(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
-    engine = create_engine(settings)
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT UNIQUE)")
-        )
-    yield engine
-    await engine.dispose()
+    async with notes_engine(tmp_path) as engine:
+        yield engine
 
 
 class TripCounter:
@@ -140,20 +155,16 @@ def test_json_rows_need_real_columns_and_a_known_dialect() -> None:
 async def test_writers_queue_and_an_invalidated_writer_lets_the_next_one_in(
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}",
-        SQLITE_BUSY_TIMEOUT_MS=2000,
-    )
-    engine = create_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE t (v INTEGER)"))
+    async with notes_engine(tmp_path, busy_timeout_ms=2000) as engine:
         first = await engine.connect()
-        await first.execute(text("INSERT INTO t VALUES (1)"))  # holds the write lock
+        # Holds the write lock from here.
+        await first.execute(text("INSERT INTO notes (body) VALUES ('first')"))
 
         async def second_writer() -> None:
             async with engine.begin() as connection:
-                await connection.execute(text("INSERT INTO t VALUES (2)"))
+                await connection.execute(
+                    text("INSERT INTO notes (body) VALUES ('second')")
+                )
 
         waiting = asyncio.create_task(second_writer())
         await asyncio.sleep(0.2)
@@ -162,28 +173,20 @@ async def test_writers_queue_and_an_invalidated_writer_lets_the_next_one_in(
         await first.close()
         await asyncio.wait_for(waiting, 1)
         async with engine.connect() as connection:
-            values = (await connection.execute(text("SELECT v FROM t"))).all()
-        assert values == [(2,)]  # the invalidated write was discarded
-    finally:
-        await engine.dispose()
+            bodies = (await connection.execute(text("SELECT body FROM notes"))).all()
+        assert bodies == [("second",)]  # the invalidated write was discarded
 
 
 async def test_a_writer_waits_no_longer_than_the_busy_timeout(tmp_path: Path) -> None:
-    settings = make_settings(
-        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
-        SQLITE_BUSY_TIMEOUT_MS=300,
-    )
-    engine = create_engine(settings)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("CREATE TABLE t (v INTEGER)"))
-        async with engine.connect() as first, engine.connect() as second:
-            await first.execute(text("INSERT INTO t VALUES (1)"))
-            with pytest.raises(OperationalError, match="database is locked"):
-                await second.execute(text("INSERT INTO t VALUES (2)"))
-            await second.rollback()
-            await first.commit()
-            await second.execute(text("INSERT INTO t VALUES (3)"))
-            await second.commit()
-    finally:
-        await engine.dispose()
+    async with (
+        notes_engine(tmp_path, busy_timeout_ms=300) as engine,
+        engine.connect() as first,
+        engine.connect() as second,
+    ):
+        await first.execute(text("INSERT INTO notes (body) VALUES ('1')"))
+        with pytest.raises(OperationalError, match="database is locked"):
+            await second.execute(text("INSERT INTO notes (body) VALUES ('2')"))
+        await second.rollback()
+        await first.commit()
+        await second.execute(text("INSERT INTO notes (body) VALUES ('3')"))
+        await second.commit()

@@ -9,9 +9,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import ResourceId, SessionDep, SettingsDep, StorageDep, require
-from app.api.item_params import ItemListOffsetParams
+from app.api.item_params import ItemListOffsetParams, ItemListOffsetQuery
 from app.core.conditional import etag, parse_if_match
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
@@ -70,24 +71,32 @@ Reader = Annotated[Principal, require(ITEMS_READ)]
 Writer = Annotated[Principal, require(ITEMS_WRITE)]
 
 
-def page_response(
-    found: items.ItemPage,
-    limit: int,
-    offset: int,
+async def page_response(
+    session: AsyncSession,
+    owner_id: int,
+    query: ItemListOffsetQuery,
     headers: dict[str, str] | None = None,
 ) -> FastJSONResponse:
-    """The envelope of a page, serialised straight from the rows by orjson.
+    """A page of `owner_id`'s items in the envelope, serialised straight by orjson.
 
     The rows come from the database through its constraints; validating 100
     of them again through pydantic (as a response model would) doubles the
     cost of a list for nothing. The route still declares the response model,
     so the OpenAPI document shows the real schema.
     """
+    found = await items.list_items(
+        session,
+        owner_id,
+        query.filters(),
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
+    )
     page = {
         "items": found.items,
         "total": found.total,
-        "limit": limit,
-        "offset": offset,
+        "limit": query.limit,
+        "offset": query.offset,
         "next_cursor": found.next_cursor,
     }
     return FastJSONResponse(success(page), headers=headers)
@@ -155,18 +164,10 @@ async def list_my_items(
     principal: Reader, session: SessionDep, query: ItemListOffsetParams
 ) -> FastJSONResponse:
     """The caller's items, with `total`; `offset` paging or keyset `cursor`."""
-    found = await items.list_items(
+    return await page_response(
         session,
         principal.user_id,
-        query.filters(),
-        limit=query.limit,
-        offset=query.offset,
-        cursor=query.cursor,
-    )
-    return page_response(
-        found,
-        query.limit,
-        query.offset,
+        query,
         headers={
             "Deprecation": DEPRECATION,
             "Sunset": SUNSET,
@@ -188,15 +189,7 @@ async def list_user_items(
     query: ItemListOffsetParams,
 ) -> FastJSONResponse:
     """Any user's items, for moderation."""
-    found = await items.list_items(
-        session,
-        user_id,
-        query.filters(),
-        limit=query.limit,
-        offset=query.offset,
-        cursor=query.cursor,
-    )
-    return page_response(found, query.limit, query.offset)
+    return await page_response(session, user_id, query)
 
 
 @router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)
