@@ -18,20 +18,18 @@ from sqlalchemy.ext.asyncio import (
 
 from app import sqlite_driver
 from app.core.config import Settings
+from app.pool import FairAsyncQueuePool
 
 
-def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        # WAL lets readers run while one writer commits; NORMAL is durable in WAL
-        # except for the last transactions on power loss, the usual trade-off.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.close()
-
-    return on_connect
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run while one writer commits; NORMAL is durable in WAL
+    # except for the last transactions on power loss, the usual trade-off.
+    # (Busy waits and checkpoints are the driver's: see app/sqlite_driver.py.)
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -50,6 +48,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             settings.DATABASE_URL,
             echo=settings.DB_ECHO,
+            poolclass=FairAsyncQueuePool,
             # Each aiosqlite connection owns a thread: open a fixed set once and
             # queue for them, instead of opening (and closing) overflow ones.
             pool_size=settings.DB_POOL_SIZE,
@@ -59,18 +58,14 @@ def create_engine(settings: Settings) -> AsyncEngine:
             # connection returns; a second ROLLBACK on return is one more thread
             # round trip per request for nothing.
             pool_reset_on_return=None,
-            connect_args={"timeout": settings.SQLITE_BUSY_TIMEOUT_MS / 1000},
             module=sqlite_driver.dbapi(settings.SQLITE_BUSY_TIMEOUT_MS / 1000),
         )
-        event.listen(
-            engine.sync_engine,
-            "connect",
-            _sqlite_pragmas(settings.SQLITE_BUSY_TIMEOUT_MS),
-        )
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
     return create_async_engine(
         settings.DATABASE_URL,
         echo=settings.DB_ECHO,
+        poolclass=FairAsyncQueuePool,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,

@@ -1,35 +1,46 @@
-"""SQLite for the async engine, one trip to the connection's thread per statement.
+"""SQLite for the async engine: statements run on the event loop, briefly.
 
-aiosqlite gives every connection a thread and runs each DB-API call there;
-SQLAlchemy's adapter makes four such calls per statement (open a cursor,
-execute, fetch, close) and one more for every COMMIT or ROLLBACK. Each call
-is a hand-off between the event loop and that thread (a queue, a wake-up, the
-GIL, a loop callback), and on a busy two-core machine those hand-offs, not the
-queries, were most of the cost of a request (measured: a one-row list spent
-2 ms in nine of them). Here a statement's cursor, execution and rows travel
-in one call, and a COMMIT or ROLLBACK with no transaction open (pysqlite opens
-one only before a write) does not travel at all.
+SQLAlchemy's aiosqlite adapter sends every DB-API call to the connection's own
+thread. For an embedded database that costs more than the queries: each call
+is a queue, a thread wake-up and a loop callback, and the thread needs the GIL
+back after every row SQLite steps to (Python's sqlite3 releases it around each
+step). Under load the loop thread and ten connection threads fought over the
+GIL: a 100-row page spent 1.3 ms of thread CPU for a query that takes 0.26 ms
+on its own, and the process used barely more than one core's worth of either.
+So, as better-sqlite3 does for Node.js, a statement here runs on the calling
+(event loop) thread, where SQLite answers indexed queries in microseconds:
 
-Writers also queue in the process before SQLite sees them. SQLite lets one
-transaction write at a time; a second writer is put to sleep by its busy
-handler with a growing back-off (1, 2, 5 ... 100 ms) and wakes up late, long
-after the lock was free. So a connection about to open a write transaction
-first takes the engine's write lock (an asyncio lock: FIFO, handed over the
-moment the holder commits or rolls back), with the busy timeout as its limit.
-Other processes on the same file still meet SQLite's own locking.
+- **Reads are bounded.** A SELECT (or any statement outside a transaction)
+  gets `INLINE_READ_BUDGET` seconds on the loop; a progress handler interrupts
+  it past that, and it runs again, whole, in the connection's thread (a report
+  or an unindexed search does not stall other requests; only time is lost:
+  interrupting it changes nothing).
+- **Writes run on the loop** (interrupting one would roll its transaction
+  back). They queue in the process first: a connection about to open a write
+  transaction takes the engine's asyncio lock (FIFO, handed over at COMMIT or
+  ROLLBACK), bounded by the busy timeout ("database is locked", as SQLite says
+  it). SQLite's own busy handler (sleeping 1, 2, 5 ... 100 ms and waking late)
+  would block the loop, so it is off: when another process holds the file's
+  write lock, the statement gets SQLITE_BUSY at once and is retried after an
+  asyncio sleep, until the busy timeout.
+- **Checkpoints run off the loop.** SQLite copies the WAL back into the
+  database at a COMMIT now and then, with an fsync (10 ms measured); here
+  automatic checkpoints are off and every `CHECKPOINT_EVERY` write commits of
+  the engine, the committing connection runs a PASSIVE checkpoint in its thread
+  before it goes back to the pool (other readers and writers carry on).
 
-Everything else (the thread, the connection's lifecycle, errors) is aiosqlite
-and SQLAlchemy's own aiosqlite dialect; only the cursor and the transaction
-ends change. Server-side cursors (`stream()`) keep aiosqlite's row-by-row
-cursor.
+The connection's lifecycle (open, close, terminate), server-side cursors
+(`stream()`) and errors are aiosqlite's and SQLAlchemy's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -39,7 +50,16 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+T = TypeVar("T")
 Description = tuple[tuple[Any, ...], ...] | None
+
+INLINE_READ_BUDGET = 0.002
+"""Seconds a SELECT may hold the event loop before it moves to its thread."""
+PROGRESS_STEPS = 1000
+"""SQLite VM steps between two budget checks (about 10-50 µs of work)."""
+CHECKPOINT_EVERY = 200
+"""Write commits of an engine between two WAL checkpoints."""
+_RETRY_FIRST, _RETRY_MAX = 0.001, 0.025
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -48,8 +68,24 @@ def _writes(operation: str) -> bool:
     return operation.lstrip()[:7].upper().startswith(_WRITES)
 
 
+def _interruptible(operation: str, in_transaction: bool) -> bool:
+    """Whether interrupting this statement leaves everything as it was.
+
+    A SELECT changes nothing; outside a transaction SQLite undoes a statement
+    whole. An interrupted write inside a transaction rolls it all back.
+    """
+    if operation.lstrip()[:6].upper() == "SELECT":
+        return True
+    return not in_transaction and not _writes(operation)
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Another process holds the lock; a retry may succeed (not a stale snapshot)."""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
 class _Outcome:
-    """What one statement left behind, carried back from the thread at once."""
+    """What one statement left behind: description, counts and every row."""
 
     __slots__ = ("description", "in_transaction", "lastrowid", "rowcount", "rows")
 
@@ -64,7 +100,7 @@ class _Outcome:
 def _execute(
     connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
 ) -> _Outcome:
-    """Runs in the connection's thread: execute, fetch every row, close."""
+    """Execute, fetch every row, close (on whichever thread calls it)."""
     cursor = connection.cursor()
     try:
         if many:
@@ -82,8 +118,8 @@ class PrefetchingCursor:
 
     arraysize = 1
 
-    def __init__(self, connection: OneTripConnection) -> None:
-        """Bind to the adapted connection (no thread call: nothing opens yet)."""
+    def __init__(self, connection: InlineConnection) -> None:
+        """Bind to the adapted connection (nothing opens yet)."""
         self._connection = connection
         self._rows: list[Any] = []
         self.description: Description = None
@@ -108,12 +144,8 @@ class PrefetchingCursor:
         connection = self._connection
         if not connection.in_transaction and _writes(operation):
             await connection.take_write_lock()
-        driver = connection.driver
-        connection.in_transaction = True  # unknown until the call returns
-        # aiosqlite's own queue to its thread (untyped, hence the ignore).
-        outcome: _Outcome = await driver._execute(  # type: ignore[no-untyped-call]
-            _execute, driver._conn, operation, parameters, many
-        )
+        connection.in_transaction = True  # unknown until the statement returns
+        outcome = await connection.run(operation, parameters, many)
         connection.in_transaction = outcome.in_transaction
         if not outcome.in_transaction:
             connection.release_write_lock()
@@ -132,28 +164,28 @@ class PrefetchingCursor:
         self._rows = []
 
 
-class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+class InlineCursor(AsyncAdapt_aiosqlite_cursor):
     """SQLAlchemy's aiosqlite cursor adapter over a `PrefetchingCursor`."""
 
     __slots__ = ()
 
-    # Closing is a plain call: the sqlite3 cursor closed in its thread already.
+    # Closing is a plain call: the sqlite3 cursor is closed already.
     _awaitable_cursor_close = False
 
     def _make_new_cursor(self, connection: Any) -> Any:
         return PrefetchingCursor(self._adapt_connection)  # type: ignore[arg-type]
 
 
-class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    """SQLAlchemy's aiosqlite connection adapter with one-trip statements."""
+class InlineConnection(AsyncAdapt_aiosqlite_connection):
+    """SQLAlchemy's aiosqlite connection adapter, running statements inline."""
 
-    __slots__ = ("holds_write_lock", "in_transaction")
+    __slots__ = ("_deadline", "_interrupted", "holds_write_lock", "in_transaction")
 
-    _cursor_cls = OneTripCursor
-    dbapi: OneTripDBAPI
+    _cursor_cls = InlineCursor
+    dbapi: InlineDBAPI
 
-    def __init__(self, dbapi: OneTripDBAPI, connection: aiosqlite.Connection) -> None:
-        """Wrap an open aiosqlite connection."""
+    def __init__(self, dbapi: InlineDBAPI, connection: aiosqlite.Connection) -> None:
+        """Wrap an open aiosqlite connection and install the read budget."""
         # aiosqlite.Connection is what the parent expects; its protocol type
         # does not describe aiosqlite's context-manager `cursor()`.
         super().__init__(dbapi, connection)  # type: ignore[arg-type]
@@ -161,6 +193,72 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # so "no transaction" is only believed after our own statements.
         self.in_transaction = True
         self.holds_write_lock = False
+        self._deadline = math.inf
+        self._interrupted = False
+        self.sqlite.set_progress_handler(self._over_budget, PROGRESS_STEPS)
+
+    @property
+    def driver(self) -> aiosqlite.Connection:
+        """The aiosqlite connection (its thread and sqlite3 connection)."""
+        return self._connection  # type: ignore[return-value]
+
+    @property
+    def sqlite(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (opened for use from any thread)."""
+        connection: sqlite3.Connection = self.driver._conn
+        return connection
+
+    def _over_budget(self) -> int:
+        if time.perf_counter() > self._deadline:
+            self._interrupted = True
+            return 1
+        return 0
+
+    async def run(self, operation: str, parameters: Any, many: bool) -> _Outcome:
+        """Run a statement, retrying while another process holds the lock.
+
+        On the loop; a SELECT over its budget again in the connection's thread.
+        """
+        budgeted = _interruptible(operation, self.sqlite.in_transaction)
+        return await self._retrying_busy(
+            lambda: self._inline(operation, parameters, many, budgeted)
+        )
+
+    async def _inline(
+        self, operation: str, parameters: Any, many: bool, budgeted: bool
+    ) -> _Outcome:
+        if budgeted:
+            self._deadline = time.perf_counter() + INLINE_READ_BUDGET
+        try:
+            return _execute(self.sqlite, operation, parameters, many)
+        except sqlite3.OperationalError:
+            if not self._interrupted:
+                raise
+        finally:
+            self._deadline = math.inf
+            self._interrupted = False
+        # Only a read interrupted by its budget gets here: again, in the thread.
+        return await self._in_thread(operation, parameters, many)
+
+    async def _in_thread(self, operation: str, parameters: Any, many: bool) -> _Outcome:
+        # aiosqlite's own queue to its thread (untyped, hence the ignore).
+        outcome: _Outcome = await self.driver._execute(  # type: ignore[no-untyped-call]
+            _execute, self.sqlite, operation, parameters, many
+        )
+        return outcome
+
+    async def _retrying_busy(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` until it is not SQLITE_BUSY or the busy timeout passed."""
+        give_up = time.monotonic() + self.dbapi.busy_timeout
+        pause = _RETRY_FIRST
+        while True:
+            try:
+                return await attempt()
+            except sqlite3.OperationalError as error:
+                if not _busy(error) or time.monotonic() + pause > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX)
 
     async def take_write_lock(self) -> None:
         """Wait (at most the busy timeout) until no other connection writes.
@@ -184,32 +282,50 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             self.holds_write_lock = False
             self.dbapi.write_lock.release()
 
-    @property
-    def driver(self) -> aiosqlite.Connection:
-        """The aiosqlite connection (its thread and sqlite3 connection)."""
-        return self._connection  # type: ignore[return-value]
-
     def cursor(self, server_side: bool = False) -> Any:
         """A cursor; a server-side one may open a transaction we cannot see."""
         if server_side:
             self.in_transaction = True
         return super().cursor(server_side)
 
-    def commit(self) -> None:
-        """COMMIT, unless no transaction is open."""
-        if self.in_transaction:
-            super().commit()
-            self.in_transaction = False
-        self.release_write_lock()
+    async def _end(self, end: Callable[[], None]) -> None:
+        async def attempt() -> None:
+            end()
 
-    def rollback(self) -> None:
-        """ROLLBACK, unless no transaction is open."""
+        await self._retrying_busy(attempt)
+
+    def commit(self) -> None:
+        """COMMIT on the loop, unless no transaction is open.
+
+        A due checkpoint runs before the write lock goes: with no writer
+        appending meanwhile, it copies the whole log, and the next write
+        starts the log over instead of growing it.
+        """
         try:
             if self.in_transaction:
-                super().rollback()
+                await_(self._end(self.sqlite.commit))
                 self.in_transaction = False
+            if self.holds_write_lock and self.dbapi.checkpoint_due():
+                self._checkpoint()
+        except Exception as error:
+            self._handle_exception(error)
         finally:
             self.release_write_lock()
+
+    def rollback(self) -> None:
+        """ROLLBACK on the loop, unless no transaction is open."""
+        try:
+            if self.in_transaction:
+                await_(self._end(self.sqlite.rollback))
+                self.in_transaction = False
+        except Exception as error:
+            self._handle_exception(error)
+        finally:
+            self.release_write_lock()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database, in this connection's thread."""
+        await_(self._in_thread("PRAGMA wal_checkpoint(PASSIVE)", (), False))
 
     def close(self) -> None:
         """Close the connection (and give up the write lock if it had it)."""
@@ -231,10 +347,10 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
             self.release_write_lock()
 
 
-class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """The aiosqlite DB-API module of SQLAlchemy, connecting `OneTripConnection`s.
+class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """The aiosqlite DB-API module of SQLAlchemy, connecting `InlineConnection`s.
 
-    One per engine: its write lock is shared by the engine's connections.
+    One per engine: its write lock and checkpoint count are the engine's.
     """
 
     def __init__(self, busy_timeout: float) -> None:
@@ -242,20 +358,36 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         super().__init__(aiosqlite, sqlite3)
         self.busy_timeout = busy_timeout
         self.write_lock = asyncio.Lock()
+        self._commits = 0
 
-    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
-        """Open an aiosqlite connection (a daemon thread) and adapt it."""
+    def checkpoint_due(self) -> bool:
+        """Count a write commit; true once every `CHECKPOINT_EVERY`."""
+        self._commits += 1
+        if self._commits < CHECKPOINT_EVERY:
+            return False
+        self._commits = 0
+        return True
+
+    def connect(self, *arg: Any, **kw: Any) -> InlineConnection:
+        """Open an aiosqlite connection (a daemon thread) and adapt it.
+
+        SQLite's busy handler is off (`timeout=0`): waits happen in asyncio.
+        """
+        kw.update(check_same_thread=False, timeout=0)
         connection = self.aiosqlite.connect(*arg, **kw)
         # A forgotten connection must not keep the interpreter alive at exit.
         connection._thread.daemon = True
-        return OneTripConnection(self, await_(connection))
+        adapted = InlineConnection(self, await_(connection))
+        # Checkpoints are ours (see the module docstring); no-op off WAL.
+        adapted.sqlite.execute("PRAGMA wal_autocheckpoint=0").close()
+        return adapted
 
 
-def dbapi(busy_timeout: float) -> OneTripDBAPI:
+def dbapi(busy_timeout: float) -> InlineDBAPI:
     """The module to pass as `create_async_engine(..., module=...)`.
 
     Args:
-        busy_timeout: Seconds a writer waits for another one before
-            "database is locked" (SQLite's busy timeout, for the same wait).
+        busy_timeout: Seconds a writer waits for another one (in this process
+            or another) before "database is locked".
     """
-    return OneTripDBAPI(busy_timeout)
+    return InlineDBAPI(busy_timeout)

@@ -1,8 +1,10 @@
-"""The SQLite driver: one trip to the connection's thread per statement, same results."""
+"""The SQLite driver: statements on the loop, slow reads and waits off it, same results."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,9 +16,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import sqlite_driver
 from app.database import create_engine
 from app.repositories.json_rows import json_row_class
-from app.sqlite_driver import OneTripConnection
+from app.sqlite_driver import InlineConnection
 from tests.conftest import make_settings
 
 
@@ -49,7 +52,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 class TripCounter:
     """Counts calls queued to the connection's thread."""
 
-    def __init__(self, adapted: OneTripConnection) -> None:
+    def __init__(self, adapted: InlineConnection) -> None:
         self.count = 0
         driver = adapted.driver
         original = driver._execute
@@ -64,36 +67,80 @@ class TripCounter:
 async def trips(connection: AsyncConnection) -> TripCounter:
     raw = await connection.get_raw_connection()
     adapted = raw.dbapi_connection
-    assert isinstance(adapted, OneTripConnection)
+    assert isinstance(adapted, InlineConnection)
     return TripCounter(adapted)
 
 
-async def test_a_read_is_one_trip_and_its_end_is_none(engine: AsyncEngine) -> None:
+async def test_statements_and_their_transaction_stay_on_the_loop(
+    engine: AsyncEngine,
+) -> None:
     async with engine.connect() as connection:
         counter = await trips(connection)
         rows = (
             await connection.execute(text("SELECT 1, 'a' UNION SELECT 2, 'b'"))
         ).all()
-        await connection.rollback()
-    assert [tuple(row) for row in rows] == [(1, "a"), (2, "b")]
-    assert counter.count == 1
-
-
-async def test_a_write_is_committed_in_one_trip_per_statement(
-    engine: AsyncEngine,
-) -> None:
-    async with engine.connect() as connection:
-        counter = await trips(connection)
         inserted = await connection.execute(
             text("INSERT INTO notes (body) VALUES ('kept') RETURNING id")
         )
         assert inserted.scalar_one() == 1
         await connection.commit()
-        assert counter.count == 2  # INSERT, COMMIT
+        assert counter.count == 0  # no hand-off to the connection's thread
+    assert [tuple(row) for row in rows] == [(1, "a"), (2, "b")]
     async with engine.connect() as connection:
         assert (await connection.execute(text("SELECT body FROM notes"))).all() == [
             ("kept",)
         ]
+
+
+SLOW_COUNT = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000)"
+    " SELECT count(*) FROM n"
+)
+SLOW_JOIN = (
+    "SELECT count(*) FROM notes, (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL"
+    " SELECT x + 1 FROM n WHERE x < 300000) SELECT count(*) FROM n)"
+)
+
+
+class Ticker:
+    """Counts how often the event loop got a turn while it ran."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def stop(self) -> int:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.ticks
+
+
+async def test_a_read_over_its_budget_finishes_in_the_thread_and_frees_the_loop(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as connection:
+        counter = await trips(connection)
+        ticker = Ticker()
+        # Any statement outside a transaction, and a plain SELECT inside one:
+        # both are interrupted on the loop and run again, whole, in the thread.
+        alone = await connection.scalar(text(SLOW_COUNT))
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('pending')"))
+        in_transaction = await connection.scalar(text(SLOW_JOIN))
+        ticks = await ticker.stop()
+        await connection.commit()
+        assert counter.count == 2
+    assert alone == 300_000
+    assert in_transaction == 1
+    assert ticks > 5  # other tasks ran while the slow reads did
+    async with engine.connect() as connection:
+        # The interrupted read did not roll the transaction back.
+        assert await connection.scalar(text("SELECT body FROM notes")) == "pending"
 
 
 async def test_rollback_undoes_a_write(engine: AsyncEngine) -> None:
@@ -190,3 +237,71 @@ async def test_a_writer_waits_no_longer_than_the_busy_timeout(tmp_path: Path) ->
         await first.commit()
         await second.execute(text("INSERT INTO notes (body) VALUES ('3')"))
         await second.commit()
+
+
+async def test_a_writer_waits_for_another_process_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    async with notes_engine(tmp_path, busy_timeout_ms=3000) as engine:
+        other = sqlite3.connect(tmp_path / "notes.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process writes
+        other.execute("INSERT INTO notes (body) VALUES ('other')")
+
+        async def write() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO notes (body) VALUES ('us')"))
+
+        ticker = Ticker()
+        writer = asyncio.create_task(write())
+        await asyncio.sleep(0.2)
+        assert not writer.done()  # waiting, not failed
+        other.execute("COMMIT")
+        await asyncio.wait_for(writer, 1)
+        assert await ticker.stop() > 50  # the loop kept turning meanwhile
+        other.close()
+        async with engine.connect() as connection:
+            bodies = await connection.execute(
+                text("SELECT body FROM notes ORDER BY id")
+            )
+            assert bodies.all() == [("other",), ("us",)]
+
+
+async def test_a_writer_gives_up_on_another_process_after_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    async with notes_engine(tmp_path, busy_timeout_ms=300) as engine:
+        other = sqlite3.connect(tmp_path / "notes.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with engine.connect() as connection:
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(OperationalError, match="database is locked"):
+                    await connection.execute(
+                        text("INSERT INTO notes (body) VALUES ('us')")
+                    )
+                waited = asyncio.get_running_loop().time() - started
+                assert 0.25 < waited < 1.0
+        finally:
+            other.close()
+
+
+async def test_checkpoints_run_in_the_thread_every_few_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_EVERY", 3)
+    database = tmp_path / "notes.db"
+    async with notes_engine(tmp_path) as engine, engine.connect() as connection:
+        counter = await trips(connection)
+        # The engine's first commit (CREATE TABLE) counts: two more to go.
+        for body in ("marker-one", "marker-two"):
+            await connection.execute(
+                text("INSERT INTO notes (body) VALUES (:body)"), {"body": body}
+            )
+            await connection.commit()
+            # Still only in the write-ahead log: no automatic checkpoint.
+            assert body.encode() not in database.read_bytes()
+        assert counter.count == 0
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('three')"))
+        await connection.commit()
+        assert counter.count == 1
+        assert b"marker-two" in database.read_bytes()  # copied into the file
