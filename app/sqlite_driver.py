@@ -14,7 +14,8 @@ So, as better-sqlite3 does for Node.js, a statement here runs on the calling
   gets `INLINE_READ_BUDGET` seconds on the loop; a progress handler interrupts
   it past that, and it runs again, whole, in the connection's thread (a report
   or an unindexed search does not stall other requests; only time is lost:
-  interrupting it changes nothing).
+  interrupting it changes nothing). Its next `SLOW_RUNS_IN_THREAD` runs go
+  straight to the thread.
 - **Writes run on the loop** (interrupting one would roll its transaction
   back). They queue in the process first: a connection about to open a write
   transaction takes the engine's asyncio lock (FIFO, handed over at COMMIT or
@@ -54,7 +55,16 @@ T = TypeVar("T")
 Description = tuple[tuple[Any, ...], ...] | None
 
 INLINE_READ_BUDGET = 0.002
-"""Seconds a SELECT may hold the event loop before it moves to its thread."""
+"""CPU seconds a SELECT may spend on the event loop before it moves to its thread.
+
+CPU time of the loop thread, not wall time: SQLite lets go of the GIL while it
+works, and time spent getting it back from another thread is not the query's
+(counting it sent fast queries to the thread under load, where they made the
+GIL busier still).
+"""
+SLOW_RUNS_IN_THREAD = 100
+"""Runs a statement that went over its budget goes straight to the thread."""
+_SLOW_STATEMENTS_KEPT = 1000
 PROGRESS_STEPS = 1000
 """SQLite VM steps between two budget checks (about 10-50 µs of work)."""
 CHECKPOINT_EVERY = 200
@@ -209,7 +219,7 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
         return connection
 
     def _over_budget(self) -> int:
-        if time.perf_counter() > self._deadline:
+        if time.thread_time() > self._deadline:
             self._interrupted = True
             return 1
         return 0
@@ -228,7 +238,9 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
         self, operation: str, parameters: Any, many: bool, budgeted: bool
     ) -> _Outcome:
         if budgeted:
-            self._deadline = time.perf_counter() + INLINE_READ_BUDGET
+            if self.dbapi.known_slow(operation):
+                return await self._in_thread(operation, parameters, many)
+            self._deadline = time.thread_time() + INLINE_READ_BUDGET
         try:
             return _execute(self.sqlite, operation, parameters, many)
         except sqlite3.OperationalError:
@@ -238,6 +250,7 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
             self._deadline = math.inf
             self._interrupted = False
         # Only a read interrupted by its budget gets here: again, in the thread.
+        self.dbapi.slow(operation)
         return await self._in_thread(operation, parameters, many)
 
     async def _in_thread(self, operation: str, parameters: Any, many: bool) -> _Outcome:
@@ -359,6 +372,29 @@ class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
         self.busy_timeout = busy_timeout
         self.write_lock = asyncio.Lock()
         self._commits = 0
+        self._slow: dict[str, int] = {}
+
+    def slow(self, operation: str) -> None:
+        """Remember that `operation` went over its budget on the loop."""
+        if len(self._slow) >= _SLOW_STATEMENTS_KEPT:
+            self._slow.clear()  # statements are cached SQL: rarely reached
+        self._slow[operation] = SLOW_RUNS_IN_THREAD
+
+    def known_slow(self, operation: str) -> bool:
+        """Whether `operation` recently went over its budget (then count a run).
+
+        Such a statement goes straight to the thread for its next
+        `SLOW_RUNS_IN_THREAD` runs (instead of spending the budget first each
+        time), then gets another try on the loop: the data may have changed.
+        """
+        runs = self._slow.get(operation)
+        if runs is None:
+            return False
+        if runs <= 1:
+            del self._slow[operation]
+        else:
+            self._slow[operation] = runs - 1
+        return True
 
     def checkpoint_due(self) -> bool:
         """Count a write commit; true once every `CHECKPOINT_EVERY`."""

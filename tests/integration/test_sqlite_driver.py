@@ -305,3 +305,20 @@ async def test_checkpoints_run_in_the_thread_every_few_commits(
         await connection.commit()
         assert counter.count == 1
         assert b"marker-two" in database.read_bytes()  # copied into the file
+
+
+async def test_a_statement_over_budget_goes_straight_to_the_thread_for_a_while(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_driver, "SLOW_RUNS_IN_THREAD", 2)
+    async with engine.connect() as connection:
+        counter = await trips(connection)
+        assert await connection.scalar(text(SLOW_COUNT)) == 300_000
+        assert counter.count == 1  # interrupted on the loop, finished in the thread
+        # With all the time in the world on the loop, it would now finish
+        # there: it does not get tried there for its next two runs.
+        monkeypatch.setattr(sqlite_driver, "INLINE_READ_BUDGET", 60.0)
+        for expected_trips in (2, 3, 3):
+            assert await connection.scalar(text(SLOW_COUNT)) == 300_000
+            assert counter.count == expected_trips
+        await connection.rollback()
