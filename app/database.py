@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 
 from app import sqlite_driver
 from app.core.config import Settings
-from app.pool import FairAsyncQueuePool
+from app.pool import FairAsyncQueuePool, ping_after_idle
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -62,7 +62,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.DATABASE_URL,
         echo=settings.DB_ECHO,
         poolclass=FairAsyncQueuePool,
@@ -70,7 +70,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
         pool_recycle=settings.DB_POOL_RECYCLE_SECONDS,
-        pool_pre_ping=settings.DB_POOL_PRE_PING,
         connect_args={
             "server_settings": {
                 "idle_in_transaction_session_timeout": str(
@@ -80,6 +79,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             }
         },
     )
+    if settings.DB_POOL_PRE_PING:
+        ping_after_idle(engine, settings.DB_POOL_PRE_PING_IDLE_SECONDS)
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -65,10 +65,14 @@ class Settings(BaseSettings):
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./data/app.db"
     DB_POOL_SIZE: int = Field(default=10, ge=1)
-    DB_MAX_OVERFLOW: int = Field(default=20, ge=0)
+    # 0: a fixed pool. Overflow connections close as soon as they come back to
+    # a full pool and reopen on the next burst (a PostgreSQL process each).
+    DB_MAX_OVERFLOW: int = Field(default=0, ge=0)
     DB_POOL_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
     DB_POOL_RECYCLE_SECONDS: int = Field(default=3600, ge=-1)
     DB_POOL_PRE_PING: bool = True
+    # Ping only connections idle this long (0: on every checkout).
+    DB_POOL_PRE_PING_IDLE_SECONDS: float = Field(default=1.0, ge=0)
     DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: int = Field(default=300_000, ge=0)
     DB_ECHO: bool = False
     SQLITE_BUSY_TIMEOUT_MS: int = Field(default=5000, ge=0)

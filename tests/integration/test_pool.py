@@ -88,3 +88,35 @@ async def test_a_waiter_cancelled_as_its_connection_arrives_does_not_lose_it(
         await connection.close()
     async with one_connection.connect() as connection:
         assert await connection.scalar(text("SELECT 1")) == 1
+
+
+async def test_a_connection_closed_while_idle_is_replaced_before_use(
+    database_url: str, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("the idle ping guards PostgreSQL connections")
+    settings = make_settings(
+        DATABASE_URL=database_url,
+        DB_POOL_SIZE=1,
+        DB_POOL_PRE_PING_IDLE_SECONDS=0.2,
+    )
+    engine = create_engine(settings)
+    other = create_engine(make_settings(DATABASE_URL=database_url))
+    try:
+        async with engine.connect() as connection:
+            victim = await connection.scalar(text("SELECT pg_backend_pid()"))
+        # Busy a moment ago: used as it is (no ping, same server process).
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT pg_backend_pid()")) == victim
+        async with other.connect() as connection:
+            # Another session ends it, as a server restart or a proxy would.
+            await connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": victim}
+            )
+        await asyncio.sleep(0.3)  # now idle longer than the ping threshold
+        async with engine.connect() as connection:
+            replacement = await connection.scalar(text("SELECT pg_backend_pid()"))
+        assert replacement != victim  # pinged, found dead, replaced: no error
+    finally:
+        await engine.dispose()
+        await other.dispose()
