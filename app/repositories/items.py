@@ -222,7 +222,7 @@ class ItemRepository:
         texts = [row[0] for row in rows[:limit]]
         more = len(rows) > limit
         return ItemRows(
-            items=json_array(texts, self.session.get_bind().dialect.name),
+            items=json_array(texts),
             last=parse_row(texts[-1]) if more else None,
             total=int(rows[0][1]) if with_total and rows else None,
         )
