@@ -67,7 +67,7 @@ def _errors(series: Series) -> int:
 
 def _row(series: Series, is_ceiling: bool) -> str:
     runs = series.runs
-    ratio = "1.00" if is_ceiling else f"{_median(series.ratios):.2f}"
+    ratio = "1.000" if is_ceiling else f"{_median(series.ratios):.3f}"
     p50 = _median([run.p50_ms for run in runs])
     p99 = _median([run.p99_ms for run in runs])
     return (
@@ -136,7 +136,7 @@ def targets(measurements: Measurements) -> list[str]:
         rows.append(
             _target(
                 f"`GET /users/me` ≥ 0.6 {TIMES} ceiling, p99 < 50 ms",
-                f"{me:.2f} {TIMES}, p99 {p99:.1f} ms",
+                f"{me:.3f} {TIMES}, p99 {p99:.1f} ms",
                 me >= 0.6 and p99 < 50,
             )
         )
@@ -145,7 +145,7 @@ def targets(measurements: Measurements) -> list[str]:
         rows.append(
             _target(
                 f"`GET /items?limit=100` ≥ 0.15 {TIMES} ceiling",
-                f"{first:.2f} {TIMES}",
+                f"{first:.3f} {TIMES}",
                 first >= 0.15,
             )
         )
@@ -165,7 +165,7 @@ def targets(measurements: Measurements) -> list[str]:
         rows.append(
             _target(
                 f"`POST /items` ≥ 0.25 {TIMES} ceiling",
-                f"{create:.2f} {TIMES}",
+                f"{create:.3f} {TIMES}",
                 create >= 0.25,
             )
         )
@@ -175,7 +175,7 @@ def targets(measurements: Measurements) -> list[str]:
         rows.append(
             _target(
                 f"`POST /auth/login` ≥ 0.9 {TIMES} argon2id rate",
-                f"{share:.2f} {TIMES}",
+                f"{share:.3f} {TIMES}",
                 share >= 0.9,
             )
         )
