@@ -90,8 +90,15 @@ def _interruptible(operation: str, in_transaction: bool) -> bool:
 
 
 def _busy(error: sqlite3.OperationalError) -> bool:
-    """Another process holds the lock; a retry may succeed (not a stale snapshot)."""
-    return getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    """Another connection holds the lock: a retry may succeed.
+
+    Not SQLITE_BUSY_SNAPSHOT: a transaction that read an older snapshot can
+    never write; only starting it again helps.
+    """
+    name: str = getattr(error, "sqlite_errorname", "")
+    return name == "SQLITE_BUSY" or (
+        name.startswith("SQLITE_BUSY_") and name != "SQLITE_BUSY_SNAPSHOT"
+    )
 
 
 class _Outcome:
