@@ -55,8 +55,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
             max_overflow=0,
             pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,
             # Sessions and connections always end their transaction before the
-            # connection returns; a second ROLLBACK on return is one more thread
-            # round trip per request for nothing.
+            # connection returns; a second ROLLBACK on return is one more call
+            # per request for nothing.
             pool_reset_on_return=None,
             module=sqlite_driver.dbapi(settings.SQLITE_BUSY_TIMEOUT_MS / 1000),
         )

@@ -292,7 +292,7 @@ async def test_checkpoints_run_in_the_thread_every_few_commits(
     database = tmp_path / "notes.db"
     async with notes_engine(tmp_path) as engine, engine.connect() as connection:
         counter = await trips(connection)
-        # The engine's first commit (CREATE TABLE) counts: two more to go.
+        # Write commits count (the fixture's CREATE TABLE took no write lock).
         for body in ("marker-one", "marker-two"):
             await connection.execute(
                 text("INSERT INTO notes (body) VALUES (:body)"), {"body": body}
