@@ -322,3 +322,22 @@ async def test_a_statement_over_budget_goes_straight_to_the_thread_for_a_while(
             assert await connection.scalar(text(SLOW_COUNT)) == 300_000
             assert counter.count == expected_trips
         await connection.rollback()
+
+
+async def test_a_long_log_is_truncated_at_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Other processes' writers can keep the log from starting over; past
+    # WAL_TRUNCATE_FRAMES pages the checkpoint empties the file instead.
+    monkeypatch.setattr(sqlite_driver, "CHECKPOINT_EVERY", 1)
+    log = tmp_path / "notes.db-wal"
+    async with notes_engine(tmp_path) as engine, engine.connect() as connection:
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('short')"))
+        await connection.commit()
+        assert log.stat().st_size > 0  # checkpointed, the file kept for reuse
+        monkeypatch.setattr(sqlite_driver, "WAL_TRUNCATE_FRAMES", 1)
+        await connection.execute(text("INSERT INTO notes (body) VALUES ('long')"))
+        await connection.commit()
+        assert log.stat().st_size == 0
+        bodies = await connection.execute(text("SELECT body FROM notes ORDER BY id"))
+        assert bodies.all() == [("short",), ("long",)]
