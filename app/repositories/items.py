@@ -20,7 +20,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.core.pagination import Cursor
 from app.models.item import Attachment, Item
@@ -192,6 +192,25 @@ class ItemRepository:
         await self.session.delete(item)
         await self.session.flush()
 
+    async def attachment_keys(self, item_id: int) -> list[str]:
+        """Storage keys of an item's attachments (to remove the files)."""
+        statement = select(Attachment.storage_key).where(Attachment.item_id == item_id)
+        return list((await self.session.execute(statement)).scalars().all())
+
+
+class ItemPages:
+    """Pages of an owner's items, read on a plain connection.
+
+    A list needs no unit of work: a session would only add its transaction
+    bookkeeping (about 4 % of a list request) and its request dependency
+    (FastAPI wraps each generator dependency in an exit stack and a shielded
+    cancel scope, about 5 % more).
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        """Bind to a connection (its transaction begins with the first read)."""
+        self.connection = connection
+
     async def page(
         self,
         owner_id: int,
@@ -218,7 +237,7 @@ class ItemRepository:
             values["offset"] = offset
         values["limit"] = limit + 1
         statement = _page_statement(shape)
-        rows = (await self.session.execute(statement, values)).all()
+        rows = (await self.connection.execute(statement, values)).all()
         texts = [row[0] for row in rows[:limit]]
         more = len(rows) > limit
         return ItemRows(
@@ -231,9 +250,4 @@ class ItemRepository:
         """How many of an owner's items match the filters."""
         statement = _count_statement(_Shape.of(filters, keyset=False))
         values = _values(owner_id, filters)
-        return int((await self.session.execute(statement, values)).scalar_one())
-
-    async def attachment_keys(self, item_id: int) -> list[str]:
-        """Storage keys of an item's attachments (to remove the files)."""
-        statement = select(Attachment.storage_key).where(Attachment.item_id == item_id)
-        return list((await self.session.execute(statement)).scalars().all())
+        return int((await self.connection.execute(statement, values)).scalar_one())

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.core import events as event_types
@@ -24,7 +24,7 @@ from app.core.storage import FileStorage
 from app.models.base import utcnow
 from app.models.item import Item
 from app.repositories.idempotency import DuplicateKeyError
-from app.repositories.items import ItemRepository, cursor_after
+from app.repositories.items import ItemPages, ItemRepository, cursor_after
 from app.schemas.item import ItemCreate, ItemFilters, ItemPublic, ItemUpdate, SortField
 from app.services import audit, events, idempotency
 from app.services.idempotency import IdempotentRequest
@@ -267,7 +267,7 @@ async def delete_item(
 
 
 async def list_items(
-    session: AsyncSession,
+    connection: AsyncConnection,
     owner_id: int,
     filters: ItemFilters,
     *,
@@ -289,8 +289,8 @@ async def list_items(
             order=filters.order.value,
             is_time=filters.sort is not SortField.TITLE,
         )
-    repository = ItemRepository(session)
-    rows = await repository.page(
+    pages = ItemPages(connection)
+    rows = await pages.page(
         owner_id,
         filters,
         limit=limit,
@@ -304,5 +304,5 @@ async def list_items(
     if with_total and total is None:
         # An empty page: nothing matches at all, or the page is past the end.
         first_page = offset == 0 and position is None
-        total = 0 if first_page else await repository.count(owner_id, filters)
+        total = 0 if first_page else await pages.count(owner_id, filters)
     return ItemPage(items=rows.items, total=total, next_cursor=next_cursor)

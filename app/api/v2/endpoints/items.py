@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.api.deps import SessionDep, require
+from app.api.deps import DatabaseDep, require
 from app.api.item_params import ItemListParams
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
@@ -41,18 +41,20 @@ class CursorPage(BaseModel):
 )
 async def list_my_items(
     principal: Annotated[Principal, require(ITEMS_READ)],
-    session: SessionDep,
+    database: DatabaseDep,
     query: ItemListParams,
 ) -> FastJSONResponse:
     """The caller's items; follow `next_cursor` until it is null."""
-    found = await items.list_items(
-        session,
-        principal.user_id,
-        query.filters(),
-        limit=query.limit,
-        cursor=query.cursor,
-        with_total=False,
-    )
+    # A plain connection, not the request's session (see `ItemPages`).
+    async with database.engine.connect() as connection:
+        found = await items.list_items(
+            connection,
+            principal.user_id,
+            query.filters(),
+            limit=query.limit,
+            cursor=query.cursor,
+            with_total=False,
+        )
     page = {
         "items": found.items,
         "limit": query.limit,
