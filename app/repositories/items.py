@@ -39,45 +39,30 @@ SORT_COLUMNS: dict[SortField, Any] = {
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """What a page statement looks like, apart from its values."""
+    """What a page statement looks like, apart from its values.
 
-    status: bool
-    created_after: bool
-    created_before: bool
-    search: bool
+    `bound` names the parameters it takes (`_values`' keys, plus `after_*` for
+    a cursor or `offset`), so the shape follows from the values themselves.
+    """
+
+    bound: frozenset[str]
     sort: SortField
     order: SortOrder
-    keyset: bool  # after a cursor, or at an offset
     with_total: bool
 
-    @classmethod
-    def of(
-        cls, filters: ItemFilters, *, keyset: bool, with_total: bool = False
-    ) -> _Shape:
-        return cls(
-            status=filters.status is not None,
-            created_after=filters.created_after is not None,
-            created_before=filters.created_before is not None,
-            search=bool(filters.search),
-            sort=filters.sort,
-            order=filters.order,
-            keyset=keyset,
-            with_total=with_total,
-        )
 
-
-def _conditions(shape: _Shape) -> list[ColumnElement[bool]]:
+def _conditions(bound: frozenset[str]) -> list[ColumnElement[bool]]:
     columns = ITEMS.c
     conditions = [columns.owner_id == bindparam("owner_id", type_=Integer())]
-    if shape.status:
+    if "status" in bound:
         conditions.append(columns.status == bindparam("status", type_=String()))
-    if shape.created_after:
+    if "created_after" in bound:
         since = bindparam("created_after", type_=columns.created_at.type)
         conditions.append(columns.created_at >= since)
-    if shape.created_before:
+    if "created_before" in bound:
         until = bindparam("created_before", type_=columns.created_at.type)
         conditions.append(columns.created_at < until)
-    if shape.search:
+    if "pattern" in bound:
         pattern = bindparam("pattern", type_=String())
         conditions.append(func.lower(columns.title).like(pattern, escape=LIKE_ESCAPE))
     return conditions
@@ -124,12 +109,12 @@ def _after(shape: _Shape) -> ColumnElement[bool]:
 # paging modes x 2 = 384 shapes.
 @functools.cache
 def _page_statement(shape: _Shape) -> Select[Any]:
-    conditions = _conditions(shape)
+    conditions = _conditions(shape.bound)
     columns: list[Any] = [ItemJsonRow()]
     if shape.with_total:
         columns.append(_count(conditions).scalar_subquery())
     statement = select(*columns).select_from(ITEMS).where(*conditions)
-    if shape.keyset:
+    if "after_id" in shape.bound:
         statement = statement.where(_after(shape))
     else:
         statement = statement.offset(bindparam("offset", type_=Integer()))
@@ -137,8 +122,8 @@ def _page_statement(shape: _Shape) -> Select[Any]:
 
 
 @functools.cache
-def _count_statement(shape: _Shape) -> Select[Any]:
-    return _count(_conditions(shape))
+def _count_statement(bound: frozenset[str]) -> Select[Any]:
+    return _count(_conditions(bound))
 
 
 # Lists read each item as the JSON object the API shows, rendered by the
@@ -229,13 +214,13 @@ class ItemPages:
         in the same snapshot), so a page and its total are one round trip. One
         extra row tells whether another page follows.
         """
-        shape = _Shape.of(filters, keyset=cursor is not None, with_total=with_total)
         values = _values(owner_id, filters)
         if cursor is not None:
             values.update(after_value=cursor.value, after_id=cursor.last_id)
         else:
             values["offset"] = offset
         values["limit"] = limit + 1
+        shape = _Shape(frozenset(values), filters.sort, filters.order, with_total)
         statement = _page_statement(shape)
         rows = (await self.connection.execute(statement, values)).all()
         texts = [row[0] for row in rows[:limit]]
@@ -248,6 +233,6 @@ class ItemPages:
 
     async def count(self, owner_id: int, filters: ItemFilters) -> int:
         """How many of an owner's items match the filters."""
-        statement = _count_statement(_Shape.of(filters, keyset=False))
         values = _values(owner_id, filters)
+        statement = _count_statement(frozenset(values))
         return int((await self.connection.execute(statement, values)).scalar_one())
