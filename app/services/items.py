@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.core import events as event_types
@@ -267,7 +267,7 @@ async def delete_item(
 
 
 async def list_items(
-    connection: AsyncConnection,
+    engine: AsyncEngine,
     owner_id: int,
     filters: ItemFilters,
     *,
@@ -277,6 +277,9 @@ async def list_items(
     with_total: bool = True,
 ) -> ItemPage:
     """A page of an owner's items: two statements at most, whatever the size.
+
+    Read on a connection of its own, not the request's session (see
+    `ItemPages`): a list needs no unit of work.
 
     Raises:
         InvalidCursorError: The cursor is malformed or for another ordering.
@@ -289,20 +292,21 @@ async def list_items(
             order=filters.order.value,
             is_time=filters.sort is not SortField.TITLE,
         )
-    pages = ItemPages(connection)
-    rows = await pages.page(
-        owner_id,
-        filters,
-        limit=limit,
-        offset=offset,
-        cursor=position,
-        with_total=with_total,
-    )
+    async with engine.connect() as connection:
+        pages = ItemPages(connection)
+        rows = await pages.page(
+            owner_id,
+            filters,
+            limit=limit,
+            offset=offset,
+            cursor=position,
+            with_total=with_total,
+        )
+        total = rows.total
+        if with_total and total is None:
+            # An empty page: nothing matches at all, or the page is past the end.
+            first_page = offset == 0 and position is None
+            total = 0 if first_page else await pages.count(owner_id, filters)
     last = rows.last
     next_cursor = cursor_after(last, filters).encode() if last is not None else None
-    total = rows.total
-    if with_total and total is None:
-        # An empty page: nothing matches at all, or the page is past the end.
-        first_page = offset == 0 and position is None
-        total = 0 if first_page else await pages.count(owner_id, filters)
     return ItemPage(items=rows.items, total=total, next_cursor=next_cursor)

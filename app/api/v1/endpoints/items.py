@@ -89,18 +89,16 @@ async def page_response(
     The rows come from the database through its constraints; validating 100
     of them again through pydantic (as a response model would) doubles the
     cost of a list for nothing. The route still declares the response model,
-    so the OpenAPI document shows the real schema. A list reads on a plain
-    connection, not the request's session (see `ItemPages`).
+    so the OpenAPI document shows the real schema.
     """
-    async with database.engine.connect() as connection:
-        found = await items.list_items(
-            connection,
-            owner_id,
-            query.filters(),
-            limit=query.limit,
-            offset=query.offset,
-            cursor=query.cursor,
-        )
+    found = await items.list_items(
+        database.engine,
+        owner_id,
+        query.filters(),
+        limit=query.limit,
+        offset=query.offset,
+        cursor=query.cursor,
+    )
     page = {
         "items": found.items,
         "total": found.total,

@@ -45,16 +45,14 @@ async def list_my_items(
     query: ItemListParams,
 ) -> FastJSONResponse:
     """The caller's items; follow `next_cursor` until it is null."""
-    # A plain connection, not the request's session (see `ItemPages`).
-    async with database.engine.connect() as connection:
-        found = await items.list_items(
-            connection,
-            principal.user_id,
-            query.filters(),
-            limit=query.limit,
-            cursor=query.cursor,
-            with_total=False,
-        )
+    found = await items.list_items(
+        database.engine,
+        principal.user_id,
+        query.filters(),
+        limit=query.limit,
+        cursor=query.cursor,
+        with_total=False,
+    )
     page = {
         "items": found.items,
         "limit": query.limit,
