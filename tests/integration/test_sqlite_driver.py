@@ -166,23 +166,24 @@ async def test_a_failed_statement_still_rolls_the_transaction_back(
         assert bodies.all() == [("dup",)]
 
 
-async def test_many_parameter_sets_in_one_statement(engine: AsyncEngine) -> None:
+async def add_notes(engine: AsyncEngine, bodies: list[str]) -> None:
+    """Insert notes in one statement with one parameter set each, and commit."""
     async with engine.begin() as connection:
         await connection.execute(
             text("INSERT INTO notes (body) VALUES (:body)"),
-            [{"body": f"n{index}"} for index in range(5)],
+            [{"body": body} for body in bodies],
         )
+
+
+async def test_many_parameter_sets_in_one_statement(engine: AsyncEngine) -> None:
+    await add_notes(engine, [f"n{index}" for index in range(5)])
     async with engine.connect() as connection:
         count = await connection.execute(text("SELECT count(*) FROM notes"))
         assert count.scalar_one() == 5
 
 
 async def test_streamed_results_use_a_server_side_cursor(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("INSERT INTO notes (body) VALUES (:body)"),
-            [{"body": f"s{index}"} for index in range(3)],
-        )
+    await add_notes(engine, [f"s{index}" for index in range(3)])
     async with engine.connect() as connection:
         stream = await connection.stream(text("SELECT body FROM notes ORDER BY id"))
         bodies = [row.body async for row in stream]
