@@ -26,6 +26,7 @@ from app.core.storage import LocalFileStorage
 from app.core.tokens import AccessTokenVerifier
 from app.database import Database
 from app.services.eventing import build_event_runtime
+from app.services.items import ItemCreator
 
 logger = logging.getLogger("app")
 
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.item_creator = ItemCreator(database.sessionmaker)
     app.state.password_hasher = PasswordHasher(settings)
     app.state.login_attempts = login_attempt_store(settings, redis)
     app.state.auth_cache = auth_cache(settings, redis)

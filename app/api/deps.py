@@ -31,6 +31,7 @@ from app.core.storage import FileStorage
 from app.database import Database
 from app.services import auth, auth_cache
 from app.services.auth import ClientInfo
+from app.services.items import ItemCreator
 from app.services.login_guard import LoginGuard
 
 
@@ -52,6 +53,12 @@ async def get_password_hasher(request: Request) -> PasswordHasher:
     return hasher
 
 
+async def get_item_creator(request: Request) -> ItemCreator:
+    """The application's item creator (it batches concurrent creates)."""
+    creator: ItemCreator = request.app.state.item_creator
+    return creator
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; closing it rolls back anything not committed."""
     # app.state directly: every sub-dependency costs FastAPI time per request.
@@ -64,6 +71,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
+ItemCreatorDep = Annotated[ItemCreator, Depends(get_item_creator)]
 # scope="function": the session closes when the route returns, before the response
 # is sent; services have committed by then (ARCHITECTURE.md, request flow step 3).
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

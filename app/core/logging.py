@@ -7,6 +7,7 @@ import re
 import sys
 import traceback
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,20 @@ import orjson
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The caller's address, for audit rows written deep in the service layer.
 client_ip_var: ContextVar[str | None] = ContextVar("client_ip", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOrigin:
+    """Which request, from which address: what an audit row records of its cause."""
+
+    request_id: str | None
+    client_ip: str | None
+
+    @classmethod
+    def current(cls) -> RequestOrigin:
+        """The origin of the request being served (both None outside one)."""
+        return cls(request_id_var.get(), client_ip_var.get())
+
 
 # Keys whose values are never written to a log, wherever they appear in `extra`.
 SENSITIVE_KEYS = frozenset(

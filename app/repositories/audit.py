@@ -16,9 +16,9 @@ from app.schemas.audit import AuditFilters
 _INSERT = insert(cast("Table", AuditLog.__table__))
 
 
-async def append(session: AsyncSession, values: dict[str, Any]) -> None:
-    """Insert one audit row in the caller's transaction (committed with it)."""
-    await session.execute(_INSERT, values)
+async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert audit rows in the caller's transaction (committed with it)."""
+    await session.execute(_INSERT, list(rows))
 
 
 def _filtered(statement: Select[Any], filters: AuditFilters) -> Select[Any]:

@@ -139,7 +139,8 @@ def cursor_after(item: Mapping[str, Any], filters: ItemFilters) -> Cursor:
     return Cursor(filters.sort.value, filters.order.value, value, item["id"])
 
 
-_INSERT = insert(ITEMS).returning(*ITEMS.c)
+# Rows come back in the order of the parameter sets, however many at once.
+_INSERT = insert(ITEMS).returning(*ITEMS.c, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +163,14 @@ class ItemRepository:
         """The item with this id, or None."""
         return await self.session.get(Item, item_id)
 
-    async def insert(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Insert one item (a Core INSERT: no unit of work); its row as stored."""
-        result = await self.session.execute(_INSERT, dict(values))
-        return dict(result.mappings().one())
+    async def insert(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Insert items in one statement (Core: no unit of work); rows as stored.
 
-    async def add_all(self, items: Sequence[Item]) -> None:
-        """Insert items and flush (ids are assigned)."""
-        self.session.add_all(items)
-        await self.session.flush()
+        Returns:
+            The stored rows (ids and defaults filled in), in the order given.
+        """
+        result = await self.session.execute(_INSERT, [dict(row) for row in rows])
+        return [dict(row) for row in result.mappings()]
 
     async def delete(self, item: Item) -> None:
         """Delete the row (its attachments' rows cascade)."""

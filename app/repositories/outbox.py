@@ -27,9 +27,9 @@ from app.models.outbox import OutboxEvent, ProcessedEvent
 _INSERT = insert(cast("Table", OutboxEvent.__table__))
 
 
-async def append(session: AsyncSession, values: dict[str, Any]) -> None:
-    """Insert one outbox row in the caller's transaction (committed with it)."""
-    await session.execute(_INSERT, values)
+async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert outbox rows in the caller's transaction (committed with them)."""
+    await session.execute(_INSERT, list(rows))
 
 
 def _deliverable(max_attempts: int) -> ColumnElement[bool]:

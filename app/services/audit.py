@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.logging import client_ip_var, request_id_var
+from app.core.logging import RequestOrigin
 from app.core.principal import Principal
 from app.models.audit import AuditLog
 from app.models.base import utcnow
@@ -63,6 +63,46 @@ def diff(
     return changes
 
 
+def entry(
+    *,
+    actor: Principal | None,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    changes: dict[str, dict[str, Any]],
+    actor_id: int | None = None,
+    actor_name: str | None = None,
+    origin: RequestOrigin | None = None,
+) -> dict[str, Any]:
+    """One audit row, to write with `record_all`.
+
+    Args:
+        actor: Who did it (None for anonymous actions such as signup).
+        action: What happened, e.g. `item.update`.
+        entity_type: The kind of thing changed, e.g. `item`.
+        entity_id: Its id.
+        changes: Output of `diff`.
+        actor_id: Overrides the actor's id (e.g. a user signing themselves up).
+        actor_name: Overrides the actor's display name.
+        origin: The request that caused it; defaults to the one being served.
+
+    Returns:
+        The row's values.
+    """
+    origin = origin or RequestOrigin.current()
+    return {
+        "occurred_at": utcnow(),
+        "actor_id": actor_id if actor_id is not None else (actor and actor.user_id),
+        "actor_name": actor_name or (actor.display_name if actor else None),
+        "action": action,
+        "entity_type": entity_type,
+        "entity_id": str(entity_id),
+        "changed_fields": changes,
+        "request_id": origin.request_id,
+        "client_ip": origin.client_ip,
+    }
+
+
 async def record(
     session: AsyncSession,
     *,
@@ -76,30 +116,23 @@ async def record(
 ) -> None:
     """Write one audit row in the current transaction (committed with the change).
 
-    Args:
-        session: The transaction the change is in.
-        actor: Who did it (None for anonymous actions such as signup).
-        action: What happened, e.g. `item.update`.
-        entity_type: The kind of thing changed, e.g. `item`.
-        entity_id: Its id.
-        changes: Output of `diff`.
-        actor_id: Overrides the actor's id (e.g. a user signing themselves up).
-        actor_name: Overrides the actor's display name.
+    The arguments after `session` are `entry`'s.
     """
-    await audit_repository.append(
-        session,
-        {
-            "occurred_at": utcnow(),
-            "actor_id": actor_id if actor_id is not None else (actor and actor.user_id),
-            "actor_name": actor_name or (actor.display_name if actor else None),
-            "action": action,
-            "entity_type": entity_type,
-            "entity_id": str(entity_id),
-            "changed_fields": changes,
-            "request_id": request_id_var.get(),
-            "client_ip": client_ip_var.get(),
-        },
+    row = entry(
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        changes=changes,
+        actor_id=actor_id,
+        actor_name=actor_name,
     )
+    await record_all(session, [row])
+
+
+async def record_all(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write audit rows made by `entry` in the current transaction, in one statement."""
+    await audit_repository.append(session, rows)
 
 
 async def search(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,8 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.events import Event
 from app.main import create_app
 from app.models import OutboxEvent
+from app.services import events
+from app.services import relay as relay_module
 from app.services.events import to_event
 from app.services.handlers import Handler
+from app.services.relay import OutboxRelay
 from tests.conftest import (
     DEFAULT_PASSWORD,
     bearer,
@@ -391,3 +396,50 @@ def test_event_round_trips_through_stream_fields() -> None:
     )
     assert Event.from_fields(event.to_fields()) == event
     assert to_event  # the outbox row mapper is importable from the service
+
+
+class RecordingPublisher:
+    """Keeps what it is given, in order (a transport that never fails)."""
+
+    def __init__(self) -> None:
+        self.aggregates: list[str] = []
+
+    async def publish(self, event: Event) -> None:
+        self.aggregates.append(event.aggregate_id)
+
+
+async def test_a_running_relay_empties_a_backlog_at_once_then_gathers(
+    app: Any, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "GATHER_SECONDS", 0.5)
+    publisher = RecordingPublisher()
+    outbox_relay = OutboxRelay(app.state.database.sessionmaker, publisher, batch_size=2)
+    async with app.state.database.sessionmaker() as session:
+        for item_id in range(5):
+            await events.emit(session, "item.created", "item", item_id, {})
+        await session.commit()
+    passes: list[tuple[float, int]] = []
+    four_passes = asyncio.Event()
+    publish_pending = outbox_relay.publish_pending
+
+    async def timed_pass() -> int:
+        sent = await publish_pending()
+        passes.append((time.monotonic(), sent))
+        if len(passes) == 4:
+            four_passes.set()
+        return sent
+
+    monkeypatch.setattr(outbox_relay, "publish_pending", timed_pass)
+    stop = asyncio.Event()
+    running = asyncio.create_task(outbox_relay.run(stop, poll_seconds=30))
+    await asyncio.wait_for(four_passes.wait(), 10)
+    stop.set()
+    await running
+
+    assert publisher.aggregates == ["0", "1", "2", "3", "4"]
+    assert [sent for _, sent in passes] == [2, 2, 1, 0]
+    (full, _), (_, _), (partial, _), (empty, _) = passes
+    # Full batches: a backlog, sent without waiting; after a partial one the
+    # relay waits a moment for more rather than querying again at once.
+    assert partial - full < 0.5
+    assert empty - partial >= 0.5

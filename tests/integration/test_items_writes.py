@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,18 @@ from typing import Any
 import pytest
 import time_machine
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
+from app.core.principal import Principal
 from app.main import create_app
 from app.models import User
-from tests.conftest import bearer, login, make_settings, make_user
+from app.models.outbox import OutboxEvent
+from app.schemas.item import ItemCreate
+from app.services.items import CreatedItem, ItemCreator
+from tests.conftest import audit_rows, bearer, login, make_settings, make_user
 
 ITEMS = "/api/v1/items"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -115,15 +123,24 @@ class TestIdempotency:
 
 
 class TestBulk:
-    async def test_creates_all(self, client: AsyncClient, token: str) -> None:
+    async def test_creates_all(
+        self, client: AsyncClient, engine: AsyncEngine, token: str
+    ) -> None:
         response = await client.post(
             f"{ITEMS}/bulk",
             json={"items": [{"title": f"b{i}"} for i in range(100)]},
             headers=bearer(token),
         )
         assert response.status_code == 201
-        assert len(response.json()["data"]) == 100
+        created = response.json()["data"]
+        assert [item["title"] for item in created] == [f"b{i}" for i in range(100)]
         assert await count_items(client, token) == 100
+        # Each item has its audit row and its event, written in the same commit.
+        audited = await audit_rows(engine, action="item.create")
+        assert sorted(row["entity_id"] for row in audited) == sorted(
+            str(item["id"]) for item in created
+        )
+        assert len(await outbox_rows(engine)) == 100
 
     @pytest.mark.parametrize(
         "items",
@@ -142,6 +159,104 @@ class TestBulk:
         )
         assert response.status_code == 422
         assert await count_items(client, token) == 0
+
+
+async def outbox_rows(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """The outbox's item events, oldest first, with each payload decoded."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(OutboxEvent.event_type, OutboxEvent.payload)
+            .where(OutboxEvent.aggregate_type == "item")
+            .order_by(OutboxEvent.id)
+        )
+        return [{"type": row.event_type, **row.payload} for row in result]
+
+
+def principal_of(user: User) -> Principal:
+    """The principal a token of `user` with every item scope would give."""
+    return Principal(
+        user_id=user.id,
+        email=user.email,
+        role=user.role,
+        scopes=frozenset({"items:read", "items:write"}),
+        first_name=user.first_name,
+        last_name=user.last_name,
+        desired_name=user.desired_name,
+        session_id=None,
+    )
+
+
+class TestConcurrentCreates:
+    """Creates that arrive together share a commit; each keeps its own rows."""
+
+    async def test_each_create_keeps_its_owner_audit_row_and_event(
+        self, app: Any, client: AsyncClient, engine: AsyncEngine
+    ) -> None:
+        users = {name: await make_user(app, name) for name in ("bob", "carol")}
+        tokens = {name: (await login(client, name))["access_token"] for name in users}
+        commits: list[object] = []
+
+        def count_commit(_connection: object) -> None:
+            commits.append(_connection)
+
+        sent = [(name, n) for name in users for n in range(10)]
+        event.listen(engine.sync_engine, "commit", count_commit)
+        try:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        ITEMS,
+                        json={"title": f"{name} {n}"},
+                        headers={**bearer(tokens[name]), "X-Request-ID": f"{name}-{n}"},
+                    )
+                    for name, n in sent
+                )
+            )
+        finally:
+            event.remove(engine.sync_engine, "commit", count_commit)
+
+        assert [response.status_code for response in responses] == [201] * 20
+        created = [response.json()["data"] for response in responses]
+        assert len({item["id"] for item in created}) == 20
+        for (name, n), item, response in zip(sent, created, responses, strict=True):
+            assert item["title"] == f"{name} {n}"
+            assert item["owner_id"] == users[name].id
+            assert response.headers["location"] == f"{ITEMS}/{item['id']}"
+            [audited] = await audit_rows(
+                engine, entity_type="item", entity_id=str(item["id"])
+            )
+            assert audited["action"] == "item.create"
+            assert audited["actor_id"] == users[name].id
+            assert audited["request_id"] == f"{name}-{n}"
+        events = await outbox_rows(engine)
+        assert sorted(e["item_id"] for e in events) == sorted(i["id"] for i in created)
+        assert {e["type"] for e in events} == {"item.created"}
+        # Twenty creates, far fewer transactions (logins and lookups included).
+        assert len(commits) < 10
+
+    async def test_a_create_that_fails_leaves_the_others_created(
+        self, app: Any, client: AsyncClient, engine: AsyncEngine, alice: User
+    ) -> None:
+        creator: ItemCreator = app.state.item_creator
+        owner = principal_of(alice)
+        # No such user: the foreign key refuses this one item, in any batch.
+        ghost = replace(owner, user_id=alice.id + 1000)
+        results = await asyncio.gather(
+            creator.create(owner, ItemCreate(title="first")),
+            creator.create(ghost, ItemCreate(title="refused")),
+            creator.create(owner, ItemCreate(title="last")),
+            return_exceptions=True,
+        )
+
+        assert isinstance(results[1], IntegrityError)
+        kept = [result for result in results if isinstance(result, CreatedItem)]
+        assert [created.item.title for created in kept] == ["first", "last"]
+        audited = await audit_rows(engine, action="item.create")
+        assert [row["entity_id"] for row in audited] == [
+            str(created.item.id) for created in kept
+        ]
+        events = await outbox_rows(engine)
+        assert [e["item_id"] for e in events] == [created.item.id for created in kept]
 
 
 class TestAttachments:

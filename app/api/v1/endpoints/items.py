@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import (
     DatabaseDep,
+    ItemCreatorDep,
     ResourceId,
     SessionDep,
     SettingsDep,
@@ -120,15 +121,15 @@ async def page_response(
             "description": "VALIDATION_ERROR, IDEMPOTENCY_KEY_REUSED",
         },
     },
+    response_model=Envelope[ItemPublic],
 )
 async def create_item(
     payload: ItemCreate,
     principal: Writer,
-    session: SessionDep,
+    creator: ItemCreatorDep,
     settings: SettingsDep,
-    response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> Envelope[ItemPublic]:
+) -> FastJSONResponse:
     """Create an item owned by the caller; with `Idempotency-Key`, safely retried."""
     request = None
     if idempotency_key is not None:
@@ -139,12 +140,19 @@ async def create_item(
             fingerprint=idempotency.fingerprint(payload.model_dump(mode="json")),
             ttl=timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
         )
-    created = await items.create_item(session, principal, payload, request)
-    response.headers["ETag"] = etag(created.item.version)
-    response.headers["Location"] = f"/api/v1/items/{created.item.id}"
+    created = await creator.create(principal, payload, request)
+    headers = {
+        "ETag": etag(created.item.version),
+        "Location": f"/api/v1/items/{created.item.id}",
+    }
     if created.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return Envelope(data=created.item)
+        headers["Idempotent-Replayed"] = "true"
+    # The item was validated as it was made: no response model to check it again.
+    return FastJSONResponse(
+        success(created.item.model_dump(mode="json")),
+        status_code=status.HTTP_201_CREATED,
+        headers=headers,
+    )
 
 
 @router.post(
@@ -157,8 +165,7 @@ async def create_items(
     payload: ItemBulkCreate, principal: Writer, session: SessionDep
 ) -> Envelope[list[ItemPublic]]:
     """Create every item in one transaction, or none when one is invalid."""
-    created = await items.create_items(session, principal, payload.items)
-    return Envelope(data=[ItemPublic.model_validate(item) for item in created])
+    return Envelope(data=await items.create_items(session, principal, payload.items))
 
 
 @router.get(

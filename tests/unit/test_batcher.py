@@ -1,0 +1,138 @@
+"""The batcher: concurrent calls share one batch, and each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextvars import ContextVar
+
+import pytest
+
+from app.core.batcher import Batcher
+
+caller: ContextVar[str | None] = ContextVar("caller", default=None)
+
+
+class Doubler:
+    """A batch function that records its batches and fails on negative values."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.seen_caller: list[str | None] = []
+
+    async def __call__(self, values: Sequence[int]) -> list[int]:
+        self.batches.append(list(values))
+        self.seen_caller.append(caller.get())
+        await asyncio.sleep(0.01)  # a transaction takes a while
+        if any(value < 0 for value in values):
+            raise ValueError(f"negative in {list(values)}")
+        return [value * 2 for value in values]
+
+
+async def test_calls_made_together_run_as_one_batch() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+
+    results = await asyncio.gather(*(batcher.submit(value) for value in range(10)))
+
+    assert results == [value * 2 for value in range(10)]
+    assert run.batches == [list(range(10))]
+
+
+async def test_a_lone_call_runs_at_once_by_itself() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+
+    assert await batcher.submit(3) == 6
+    assert await batcher.submit(4) == 8
+    assert run.batches == [[3], [4]]
+
+
+async def test_calls_arriving_during_a_batch_form_the_next_one() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.005)  # the first batch is running now
+
+    later = await asyncio.gather(*(batcher.submit(value) for value in (2, 3, 4)))
+
+    assert await first == 2
+    assert later == [4, 6, 8]
+    assert run.batches == [[1], [2, 3, 4]]
+
+
+async def test_batches_are_no_larger_than_the_limit() -> None:
+    run = Doubler()
+    batcher = Batcher(run, max_batch=10)
+
+    results = await asyncio.gather(*(batcher.submit(value) for value in range(25)))
+
+    assert results == [value * 2 for value in range(25)]
+    assert [len(batch) for batch in run.batches] == [10, 10, 5]
+
+
+async def test_a_failing_call_fails_alone_and_the_others_succeed() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+
+    results = await asyncio.gather(
+        *(batcher.submit(value) for value in (1, -1, 2)), return_exceptions=True
+    )
+
+    assert results[0] == 2
+    assert results[2] == 4
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "negative in [-1]"
+    # The whole batch first, then each value again on its own.
+    assert run.batches == [[1, -1, 2], [1], [-1], [2]]
+
+
+async def test_a_caller_cancelled_before_its_batch_is_left_out() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+    kept = asyncio.ensure_future(batcher.submit(1))
+    dropped = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)  # both are waiting; the batch has not started
+    dropped.cancel()
+
+    assert await kept == 2
+    assert dropped.cancelled()
+    assert run.batches == [[1]]
+
+
+async def test_stopping_the_batcher_cancels_its_callers() -> None:
+    started = asyncio.Event()
+
+    async def never_done(values: Sequence[int]) -> list[int]:
+        started.set()
+        await asyncio.sleep(3600)
+        return list(values)
+
+    batcher: Batcher[int, int] = Batcher(never_done)
+    running = asyncio.ensure_future(batcher.submit(1))
+    await started.wait()
+    waiting = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    drain = next(
+        task for task in asyncio.all_tasks() if task.get_coro().__name__ == "_drain"
+    )
+
+    drain.cancel()
+
+    for call in (running, waiting):
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+
+async def test_a_batch_runs_outside_its_callers_context() -> None:
+    run = Doubler()
+    batcher = Batcher(run)
+
+    async def submit_as(name: str, value: int) -> int:
+        caller.set(name)
+        return await batcher.submit(value)
+
+    await asyncio.gather(submit_as("first", 1), submit_as("second", 2))
+
+    # Whatever runs for the batch (its log lines) is no one request's.
+    assert run.seen_caller == [None]
