@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
@@ -30,6 +31,22 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns (audit changes, event payloads) as orjson writes them.
+
+    SQLAlchemy's default is the standard library's encoder: 5 % of the CPU of
+    a batch of creates.
+    """
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# Both engines read and write JSON columns with orjson.
+JSON_CODEC: dict[str, Any] = {
+    "json_serializer": _json_text,
+    "json_deserializer": orjson.loads,
+}
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -59,6 +76,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             # per request for nothing.
             pool_reset_on_return=None,
             module=sqlite_driver.dbapi(settings.SQLITE_BUSY_TIMEOUT_MS / 1000),
+            **JSON_CODEC,
         )
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
@@ -78,6 +96,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
                 "application_name": settings.PROJECT_NAME,
             }
         },
+        **JSON_CODEC,
     )
     if settings.DB_POOL_PRE_PING:
         ping_after_idle(engine, settings.DB_POOL_PRE_PING_IDLE_SECONDS)

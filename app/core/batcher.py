@@ -33,12 +33,23 @@ class Batcher(Generic[T, R]):
     loop.
     """
 
-    def __init__(self, run_batch: RunBatch[T, R], *, max_batch: int = 100) -> None:
-        """Batch calls of `run_batch`, at most `max_batch` values at a time."""
+    def __init__(
+        self, run_batch: RunBatch[T, R], *, max_batch: int = 100, concurrency: int = 1
+    ) -> None:
+        """Batch calls of `run_batch`.
+
+        Args:
+            run_batch: Does the work of a batch (see the class).
+            max_batch: Most values in one call.
+            concurrency: Most calls running at once. Above 1, a batch can
+                gather and start while another waits on the database (its
+                COMMIT, a network round trip).
+        """
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._concurrency = concurrency
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._draining: asyncio.Task[None] | None = None
+        self._drainers: set[asyncio.Task[None]] = set()
 
     async def submit(self, value: T) -> R:
         """Run `value` with whatever else is waiting; its own result or error.
@@ -49,11 +60,10 @@ class Batcher(Generic[T, R]):
         """
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((value, future))
-        if self._draining is None:
+        if len(self._drainers) < self._concurrency:
             # A context of its own: the batch is no one request's (logs, ids).
-            self._draining = asyncio.create_task(
-                self._drain(), context=contextvars.Context()
-            )
+            drainer = asyncio.create_task(self._drain(), context=contextvars.Context())
+            self._drainers.add(drainer)
         return await future
 
     async def _drain(self) -> None:
@@ -64,12 +74,17 @@ class Batcher(Generic[T, R]):
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
                 await self._run([entry for entry in batch if not entry[1].done()])
+        except asyncio.CancelledError:
+            # Shut down: nobody is left to answer the callers still waiting.
+            if self._drainers <= {asyncio.current_task()}:
+                for _, future in self._waiting:
+                    future.cancel()
+                self._waiting.clear()
+            raise
         finally:
-            self._draining = None
-            # Only a cancelled drain (shutdown) leaves callers behind.
-            for _, future in self._waiting:
-                future.cancel()
-            self._waiting.clear()
+            # At once (a done-callback runs a turn later): a caller arriving
+            # meanwhile must see that this drainer has stopped taking work.
+            self._drainers.discard(asyncio.current_task())
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         if not batch:

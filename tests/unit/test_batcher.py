@@ -19,11 +19,15 @@ class Doubler:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.seen_caller: list[str | None] = []
+        self.running = self.most_running = 0
 
     async def __call__(self, values: Sequence[int]) -> list[int]:
         self.batches.append(list(values))
         self.seen_caller.append(caller.get())
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
         await asyncio.sleep(0.01)  # a transaction takes a while
+        self.running -= 1
         if any(value < 0 for value in values):
             raise ValueError(f"negative in {list(values)}")
         return [value * 2 for value in values]
@@ -59,6 +63,28 @@ async def test_calls_arriving_during_a_batch_form_the_next_one() -> None:
     assert await first == 2
     assert later == [4, 6, 8]
     assert run.batches == [[1], [2, 3, 4]]
+
+
+async def test_one_batch_at_a_time_by_default() -> None:
+    run = Doubler()
+    batcher = Batcher(run, max_batch=2)
+
+    await asyncio.gather(*(batcher.submit(value) for value in range(6)))
+
+    assert run.batches == [[0, 1], [2, 3], [4, 5]]
+    assert run.most_running == 1
+
+
+async def test_with_concurrency_a_batch_starts_while_another_runs() -> None:
+    run = Doubler()
+    batcher = Batcher(run, concurrency=2)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.002)  # the first batch waits on its "database"
+
+    assert await asyncio.gather(batcher.submit(2), batcher.submit(3)) == [4, 6]
+    assert await first == 2
+    assert run.batches == [[1], [2, 3]]
+    assert run.most_running == 2
 
 
 async def test_batches_are_no_larger_than_the_limit() -> None:
