@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +15,10 @@ from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.user import UserFilters
 
 UNIQUE_COLUMNS = ("email", "username")
+# Login looks a user up on every attempt: built once, each statement's cache
+# key is computed once too (a fresh select costs that on every call).
+_BY_EMAIL = select(User).where(User.email == bindparam("login"))
+_BY_USERNAME = select(User).where(User.username == bindparam("login"))
 
 
 class UserRepository:
@@ -52,8 +56,8 @@ class UserRepository:
     async def get_by_login(self, identifier: str) -> User | None:
         """The user whose email or username is `identifier` (case-insensitive)."""
         value = identifier.strip().lower()
-        column = User.email if "@" in value else User.username
-        result = await self.session.execute(select(User).where(column == value))
+        statement = _BY_EMAIL if "@" in value else _BY_USERNAME
+        result = await self.session.execute(statement, {"login": value})
         return result.scalar_one_or_none()
 
 
