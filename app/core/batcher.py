@@ -99,8 +99,9 @@ class Batcher(Generic[T, R]):
             if len(batch) == 1:
                 _fail(batch[0][1], error)
                 return
-            for entry in batch:
-                await self._run([entry])
+            # Side by side: when every value fails (the database is locked
+            # or gone), the callers wait for one failure, not one after another.
+            await asyncio.gather(*(self._run([entry]) for entry in batch))
             return
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 
@@ -111,6 +112,23 @@ async def test_a_failing_call_fails_alone_and_the_others_succeed() -> None:
     assert str(results[1]) == "negative in [-1]"
     # The whole batch first, then each value again on its own.
     assert run.batches == [[1, -1, 2], [1], [-1], [2]]
+
+
+async def test_when_every_call_fails_the_callers_wait_for_one_failure() -> None:
+    async def locked(values: Sequence[int]) -> list[int]:
+        await asyncio.sleep(0.1)  # a writer waiting out its busy timeout
+        raise TimeoutError("database is locked")
+
+    batcher: Batcher[int, int] = Batcher(locked)
+    started = time.monotonic()
+
+    results = await asyncio.gather(
+        *(batcher.submit(value) for value in range(20)), return_exceptions=True
+    )
+
+    assert all(isinstance(result, TimeoutError) for result in results)
+    # The batch, then the twenty retries side by side: 0.2 s, not 2.1 s.
+    assert time.monotonic() - started < 1.0
 
 
 async def test_a_caller_cancelled_before_its_batch_is_left_out() -> None:
