@@ -225,7 +225,8 @@ class ItemCreator:
     one COMMIT for all of them instead of for each: on SQLite the benchmark's
     `POST /items` went from 463 to 1,111-1,251 requests a second. Two batches
     may run at once: on PostgreSQL one gathers while the other waits for its
-    COMMIT (1,100 against 860 with one at a time, measured side by side).
+    COMMIT (about 1,050 against 860 a second with one at a time, measured
+    side by side).
     """
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
