@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -80,7 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.item_creator = ItemCreator(database.sessionmaker)
+    app.state.item_creator = ItemCreator(
+        database.sessionmaker, timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
+    )
     app.state.password_hasher = PasswordHasher(settings)
     app.state.login_attempts = login_attempt_store(settings, redis)
     app.state.auth_cache = auth_cache(settings, redis)

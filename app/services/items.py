@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -229,9 +230,17 @@ class ItemCreator:
     side by side).
     """
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        """Create through sessions of `sessionmaker` (one per batch)."""
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], idempotency_ttl: timedelta
+    ) -> None:
+        """Create through sessions of `sessionmaker` (one per batch).
+
+        Args:
+            sessionmaker: Where the items are written.
+            idempotency_ttl: How long the answer to an `Idempotency-Key` is kept.
+        """
         self._sessionmaker = sessionmaker
+        self._idempotency_ttl = idempotency_ttl
         self._batcher: Batcher[NewItem, ItemPublic] = Batcher(
             self._create_together, concurrency=2
         )
@@ -240,14 +249,21 @@ class ItemCreator:
         self,
         principal: Principal,
         payload: ItemCreate,
-        request: IdempotentRequest | None = None,
+        idempotency_key: str | None = None,
     ) -> CreatedItem:
         """Create an item owned by the caller (see `create_item`).
 
         Raises:
             IdempotencyKeyReusedError: The key was used with another body.
         """
-        if request is not None:
+        if idempotency_key is not None:
+            request = IdempotentRequest(
+                user_id=principal.user_id,
+                scope="POST /items",
+                key=idempotency_key,
+                fingerprint=idempotency.fingerprint(payload.model_dump(mode="json")),
+                ttl=self._idempotency_ttl,
+            )
             # Its check and its answer belong in its own transaction.
             async with self._sessionmaker() as session:
                 return await create_item(session, principal, payload, request)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -40,7 +39,7 @@ from app.schemas.item import (
     ItemPublic,
     ItemUpdate,
 )
-from app.services import attachments, idempotency, items
+from app.services import attachments, items
 from app.services.attachments import Upload
 
 router = APIRouter(tags=["items"])
@@ -127,20 +126,10 @@ async def create_item(
     payload: ItemCreate,
     principal: Writer,
     creator: ItemCreatorDep,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> FastJSONResponse:
     """Create an item owned by the caller; with `Idempotency-Key`, safely retried."""
-    request = None
-    if idempotency_key is not None:
-        request = idempotency.IdempotentRequest(
-            user_id=principal.user_id,
-            scope="POST /items",
-            key=idempotency_key,
-            fingerprint=idempotency.fingerprint(payload.model_dump(mode="json")),
-            ttl=timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
-        )
-    created = await creator.create(principal, payload, request)
+    created = await creator.create(principal, payload, idempotency_key)
     headers = {
         "ETag": etag(created.item.version),
         "Location": f"/api/v1/items/{created.item.id}",
