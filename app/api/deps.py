@@ -133,7 +133,8 @@ async def get_principal(
         raise InsufficientScopeError(" ".join(security_scopes.scopes))
     # Resource writes are limited per user; the auth routes (logout, password
     # change, ...) have their own per-IP limit and must stay usable.
-    if request.method not in SAFE_METHODS and "/auth/" not in request.url.path:
+    # The raw path: `request.url` would build a whole URL object per request.
+    if request.method not in SAFE_METHODS and "/auth/" not in request.scope["path"]:
         await _enforce(
             request,
             response,
