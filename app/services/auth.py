@@ -102,6 +102,10 @@ async def login(
         InvalidScopeError: None of the requested scopes is allowed.
     """
     user = await UserRepository(session).get_by_login(identifier)
+    # The hash takes tens of milliseconds, longer while logins queue for the
+    # hash threads: the connection goes back to the pool meanwhile (a burst of
+    # logins held every one, and other requests waited for the pool).
+    await session.commit()
     account = guard.account_key(user.id if user else None, identifier)
     await guard.check(account, client.ip)
     if user is None:

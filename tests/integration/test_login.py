@@ -136,6 +136,38 @@ async def test_unknown_account_costs_a_hash_like_a_known_one(
     assert unknown > known * 0.5
 
 
+async def test_no_database_connection_is_held_while_the_password_hashes(
+    app: Any,
+    client: AsyncClient,
+    alice: User,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hasher = app.state.password_hasher
+    held_while_hashing: list[int] = []
+    verify, burn = hasher.verify_and_update, hasher.burn_verify_time
+
+    async def watched_verify(password: str, hashed: str) -> tuple[bool, str | None]:
+        held_while_hashing.append(engine.pool.checkedout())
+        result: tuple[bool, str | None] = await verify(password, hashed)
+        return result
+
+    async def watched_burn(password: str) -> None:
+        held_while_hashing.append(engine.pool.checkedout())
+        await burn(password)
+
+    monkeypatch.setattr(hasher, "verify_and_update", watched_verify)
+    monkeypatch.setattr(hasher, "burn_verify_time", watched_burn)
+
+    await login(client, "alice")
+    await client.post(LOGIN, data={"username": "alice", "password": "Wrong-1234"})
+    await client.post(LOGIN, data={"username": "nobody", "password": "Wrong-1234"})
+
+    # A burst of logins queueing for the hash threads must not hold the pool.
+    assert len(held_while_hashing) >= 3
+    assert set(held_while_hashing) == {0}
+
+
 async def test_inactive_account_cannot_log_in(app: Any, client: AsyncClient) -> None:
     await make_user(app, "sleeper", is_active=False)
     response = await client.post(
