@@ -224,7 +224,7 @@ class ItemCreator:
     outbox row commit together or not at all. Under load, the creates waiting
     at one moment go into one transaction (a `Batcher`): three statements and
     one COMMIT for all of them instead of for each: on SQLite the benchmark's
-    `POST /items` went from 463 to 957-1,251 requests a second. Two batches
+    `POST /items` went from 463 to 957-1,267 requests a second. Two batches
     may run at once: on PostgreSQL one gathers while the other waits for its
     COMMIT (about 1,050 against 860 a second with one at a time, measured
     side by side).
