@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redis = redis_client(settings)
     transport = email_transport(settings)
     runtime = build_event_runtime(settings, database.sessionmaker, transport, redis)
+    hasher = PasswordHasher(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         yield
         await runtime.shutdown()
+        hasher.close()
         if redis is not None:
             await redis.aclose()
         await database.dispose()
@@ -84,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.item_creator = ItemCreator(
         database.sessionmaker, timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
     )
-    app.state.password_hasher = PasswordHasher(settings)
+    app.state.password_hasher = hasher
     app.state.login_attempts = login_attempt_store(settings, redis)
     app.state.auth_cache = auth_cache(settings, redis)
     app.state.token_verifier = AccessTokenVerifier(settings)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.models.auth_session import AuthSession, RefreshToken
 from app.models.user import User
@@ -18,17 +18,21 @@ _INSERT_SESSION = insert(cast("Table", AuthSession.__table__))
 _INSERT_TOKEN = insert(cast("Table", RefreshToken.__table__))
 
 
+async def open_family(
+    connection: AsyncConnection, family: Mapping[str, Any], token_hash: str
+) -> None:
+    """Store a new family (its column values) with its first refresh token."""
+    await connection.execute(_INSERT_SESSION, dict(family))
+    token = {"session_id": family["id"], "token_hash": token_hash}
+    await connection.execute(_INSERT_TOKEN, token)
+
+
 class SessionRepository:
     """Load and change refresh-token families."""
 
     def __init__(self, session: AsyncSession) -> None:
         """Bind to the request's database session."""
         self.session = session
-
-    async def add(self, family: Mapping[str, Any], token_hash: str) -> None:
-        """Store a new family (its column values) with its first refresh token."""
-        await self.session.execute(_INSERT_SESSION, dict(family))
-        await self.add_token(family["id"], token_hash)
 
     async def find_token(
         self, token_hash: str

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.models.user import User
 from app.repositories.errors import unique_violation
@@ -19,6 +20,59 @@ UNIQUE_COLUMNS = ("email", "username")
 # key is computed once too (a fresh select costs that on every call).
 _BY_EMAIL = select(User).where(User.email == bindparam("login"))
 _BY_USERNAME = select(User).where(User.username == bindparam("login"))
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAccount:
+    """What login needs of a user: its hash, its state, its token's claims."""
+
+    id: int
+    email: str
+    role: str
+    hashed_password: str
+    is_active: bool
+    first_name: str
+    last_name: str
+    desired_name: str | None
+    token_version: int
+
+
+_LOGIN_COLUMNS = (
+    User.id,
+    User.email,
+    User.role,
+    User.hashed_password,
+    User.is_active,
+    User.first_name,
+    User.last_name,
+    User.desired_name,
+    User.token_version,
+)
+_LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(User.email == bindparam("login"))
+_LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(User.username == bindparam("login"))
+
+
+async def find_login_account(
+    connection: AsyncConnection, identifier: str
+) -> LoginAccount | None:
+    """The account whose email or username is `identifier` (case-insensitive).
+
+    Columns on a plain connection, not an entity in a session: login reads
+    nine values and changes none of them (see `store_password_hash`).
+    """
+    value = identifier.strip().lower()
+    statement = _LOGIN_BY_EMAIL if "@" in value else _LOGIN_BY_USERNAME
+    row = (await connection.execute(statement, {"login": value})).first()
+    return None if row is None else LoginAccount(*row)
+
+
+async def store_password_hash(
+    connection: AsyncConnection, user_id: int, hashed_password: str
+) -> None:
+    """Replace a user's password hash (a legacy one upgraded at login)."""
+    await connection.execute(
+        update(User).where(User.id == user_id).values(hashed_password=hashed_password)
+    )
 
 
 class UserRepository:

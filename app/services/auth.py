@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.cache import AuthCache
 from app.core.config import Settings
@@ -36,8 +36,13 @@ from app.core.tokens import (
 from app.models.auth_session import AuthSession
 from app.models.base import utcnow
 from app.models.user import User
-from app.repositories.sessions import SessionRepository
-from app.repositories.users import UserRepository
+from app.repositories.sessions import SessionRepository, open_family
+from app.repositories.users import (
+    LoginAccount,
+    UserRepository,
+    find_login_account,
+    store_password_hash,
+)
 from app.services import audit, auth_cache
 from app.services.login_guard import LoginGuard
 
@@ -63,7 +68,10 @@ class TokenPair:
 
 
 def _issue_access(
-    settings: Settings, user: User, scopes: frozenset[str], session_id: str
+    settings: Settings,
+    user: User | LoginAccount,
+    scopes: frozenset[str],
+    session_id: str,
 ) -> IssuedAccessToken:
     return create_access_token(
         settings,
@@ -82,7 +90,7 @@ def _issue_access(
 
 
 async def login(
-    session: AsyncSession,
+    engine: AsyncEngine,
     settings: Settings,
     hasher: PasswordHasher,
     guard: LoginGuard,
@@ -94,6 +102,13 @@ async def login(
 ) -> TokenPair:
     """Check the password and open a session (a new refresh-token family).
 
+    Login reads and writes on plain connections, not a session: it loads no
+    entity to change, so a unit of work would be pure overhead on the one
+    route whose cost should be the hash alone. The lookup's connection goes
+    back to the pool before the hash, which takes tens of milliseconds, longer
+    while logins queue for the hash threads (a burst of logins held every
+    pooled connection, and other requests waited for the pool).
+
     Raises:
         AccountLockedError: Too many failures for this account.
         TooManyRequestsError: Too many failures from this address.
@@ -101,11 +116,8 @@ async def login(
         AccountDisabledError: Right password, deactivated account.
         InvalidScopeError: None of the requested scopes is allowed.
     """
-    user = await UserRepository(session).get_by_login(identifier)
-    # The hash takes tens of milliseconds, longer while logins queue for the
-    # hash threads: the connection goes back to the pool meanwhile (a burst of
-    # logins held every one, and other requests waited for the pool).
-    await session.commit()
+    async with engine.connect() as connection:
+        user = await find_login_account(connection, identifier)
     account = guard.account_key(user.id if user else None, identifier)
     await guard.check(account, client.ip)
     if user is None:
@@ -121,21 +133,20 @@ async def login(
     if not user.is_active:
         raise AccountDisabledError
     await guard.record_success(account)
-    if upgraded_hash is not None:
-        user.hashed_password = upgraded_hash  # e.g. a legacy bcrypt hash
     requested = parse_scope(requested_scope)
     scopes = grant_scopes(user.role, requested)
     if requested and not scopes:
         raise InvalidScopeError
-    return await _open_session(session, settings, user, scopes, client)
+    return await _open_session(engine, settings, user, scopes, client, upgraded_hash)
 
 
 async def _open_session(
-    session: AsyncSession,
+    engine: AsyncEngine,
     settings: Settings,
-    user: User,
+    user: LoginAccount,
     scopes: frozenset[str],
     client: ClientInfo,
+    upgraded_hash: str | None,
 ) -> TokenPair:
     now = utcnow()
     family_id, scope = uuid.uuid4().hex, format_scope(scopes)
@@ -151,8 +162,10 @@ async def _open_session(
         + timedelta(days=settings.REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS),
     }
     refresh_token = new_refresh_token()
-    await SessionRepository(session).add(family, hash_refresh_token(refresh_token))
-    await session.commit()
+    async with engine.begin() as connection:
+        if upgraded_hash is not None:
+            await store_password_hash(connection, user.id, upgraded_hash)  # bcrypt
+        await open_family(connection, family, hash_refresh_token(refresh_token))
     return TokenPair(
         access=_issue_access(settings, user, scopes, family_id),
         refresh_token=refresh_token,

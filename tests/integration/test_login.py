@@ -200,6 +200,25 @@ async def test_bcrypt_hash_is_upgraded_on_login(
     await login(client, "alice")  # the new hash verifies too
 
 
+@pytest.mark.parametrize("multipart", [False, True])
+async def test_form_values_are_decoded_like_any_form(
+    app: Any, client: AsyncClient, multipart: bool
+) -> None:
+    # "+", "&", "%", "=", spaces and non-ASCII must survive form encoding.
+    password = "P@ss w+rd&%2B=é-9"
+    await make_user(app, "carol", password=password)
+    form = {"username": " Carol@Example.com ", "password": password}
+    files = {"note": ("note.txt", b"ignored")} if multipart else None
+
+    response = await client.post(LOGIN, data=form, files=files)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "bearer"
+    wrong = {**form, "password": password.replace("+", " ")}
+    refused = await client.post(LOGIN, data=wrong, files=files)
+    assert refused.status_code == 401
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Body, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from app.api.deps import (
     ClientDep,
     CurrentPrincipal,
+    DatabaseDep,
     HasherDep,
     LoginGuardDep,
     SessionDep,
@@ -87,6 +89,11 @@ async def _read_login_request(request: Request) -> LoginRequest:
             data = json.loads(await request.body())
         except ValueError as exc:
             raise MalformedJsonError from exc
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        # What every OAuth2 client sends; decoded as Starlette decodes a form,
+        # without its streaming multipart parser (a tenth of login's own CPU).
+        body = (await request.body()).decode("latin-1")
+        data = dict(parse_qsl(body, keep_blank_values=True, max_num_fields=100))
     else:
         form = await request.form()
         data = {key: value for key, value in form.items() if isinstance(value, str)}
@@ -175,7 +182,7 @@ def _token_response(
 async def login(
     request: Request,
     response: Response,
-    session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
     hasher: HasherDep,
     guard: LoginGuardDep,
@@ -189,7 +196,7 @@ async def login(
     """
     credentials = await _read_login_request(request)
     pair = await auth.login(
-        session,
+        database.engine,
         settings,
         hasher,
         guard,
