@@ -108,12 +108,28 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def create_reader(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for reads that need no transaction around them (lists, lookups).
+
+    On PostgreSQL its connections are in autocommit mode: a lone SELECT is one
+    round trip instead of three (BEGIN, the SELECT, ROLLBACK), and each
+    statement still reads one consistent snapshot. SQLite already reads
+    outside a transaction (Python's sqlite3 opens one only before a write),
+    and switching its connections' mode would cost a trip to their threads,
+    so there it is the engine itself. Never write through it.
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 class Database:
-    """The engine and session factory of one application instance."""
+    """The engine, its reader and the session factory of one application instance."""
 
     def __init__(self, settings: Settings) -> None:
         """Build the engine (no connection is opened yet)."""
         self.engine = create_engine(settings)
+        self.reader = create_reader(self.engine)
         self.sessionmaker = create_sessionmaker(self.engine)
 
     async def dispose(self) -> None:

@@ -33,6 +33,7 @@ from app.core.tokens import (
     hash_refresh_token,
     new_refresh_token,
 )
+from app.database import Database
 from app.models.auth_session import AuthSession
 from app.models.base import utcnow
 from app.models.user import User
@@ -90,7 +91,7 @@ def _issue_access(
 
 
 async def login(
-    engine: AsyncEngine,
+    database: Database,
     settings: Settings,
     hasher: PasswordHasher,
     guard: LoginGuard,
@@ -116,7 +117,7 @@ async def login(
         AccountDisabledError: Right password, deactivated account.
         InvalidScopeError: None of the requested scopes is allowed.
     """
-    async with engine.connect() as connection:
+    async with database.reader.connect() as connection:
         user = await find_login_account(connection, identifier)
     account = guard.account_key(user.id if user else None, identifier)
     await guard.check(account, client.ip)
@@ -137,7 +138,9 @@ async def login(
     scopes = grant_scopes(user.role, requested)
     if requested and not scopes:
         raise InvalidScopeError
-    return await _open_session(engine, settings, user, scopes, client, upgraded_hash)
+    return await _open_session(
+        database.engine, settings, user, scopes, client, upgraded_hash
+    )
 
 
 async def _open_session(

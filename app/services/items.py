@@ -389,7 +389,8 @@ async def list_items(
     """A page of an owner's items: two statements at most, whatever the size.
 
     Read on a connection of its own, not the request's session (see
-    `ItemPages`): a list needs no unit of work.
+    `ItemPages`): a list needs no unit of work. Pass the database's reader
+    (`Database.reader`: no transaction round trips on PostgreSQL).
 
     Raises:
         InvalidCursorError: The cursor is malformed or for another ordering.

@@ -196,7 +196,7 @@ async def login(
     """
     credentials = await _read_login_request(request)
     pair = await auth.login(
-        database.engine,
+        database,
         settings,
         hasher,
         guard,

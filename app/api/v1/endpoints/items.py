@@ -92,7 +92,7 @@ async def page_response(
     so the OpenAPI document shows the real schema.
     """
     found = await items.list_items(
-        database.engine,
+        database.reader,
         owner_id,
         query.filters(),
         limit=query.limit,

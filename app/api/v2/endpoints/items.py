@@ -46,7 +46,7 @@ async def list_my_items(
 ) -> FastJSONResponse:
     """The caller's items; follow `next_cursor` until it is null."""
     found = await items.list_items(
-        database.engine,
+        database.reader,
         principal.user_id,
         query.filters(),
         limit=query.limit,
