@@ -45,9 +45,9 @@ class PasswordHasher:
     CPU-bound, so more threads only take turns on the same cores. Hashes that
     must wait queue inside the pool, so a thread that finishes one starts the
     next at once; with anyio's limiter the next one waited for the event loop
-    to hand it over, and under load the loop is busy (and four threads taking
-    turns on two cores did more work per hash): logins ran at 0.80-0.85 x the
-    hash-alone rate that way, 0.87-0.88 x this way.
+    to hand it over, and under load the loop is busy. On two cores this gave
+    both more hashes per second alone and more logins per second than four
+    anyio threads (see issue 7's note).
     """
 
     def __init__(self, settings: Settings) -> None:
