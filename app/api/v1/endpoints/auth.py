@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Body, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -89,11 +88,6 @@ async def _read_login_request(request: Request) -> LoginRequest:
             data = json.loads(await request.body())
         except ValueError as exc:
             raise MalformedJsonError from exc
-    elif content_type.startswith("application/x-www-form-urlencoded"):
-        # What every OAuth2 client sends; decoded as Starlette decodes a form,
-        # without its streaming multipart parser (a tenth of login's own CPU).
-        body = (await request.body()).decode("latin-1")
-        data = dict(parse_qsl(body, keep_blank_values=True, max_num_fields=100))
     else:
         form = await request.form()
         data = {key: value for key, value in form.items() if isinstance(value, str)}
