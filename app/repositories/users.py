@@ -63,7 +63,7 @@ async def find_login_account(
     value = identifier.strip().lower()
     statement = _LOGIN_BY_EMAIL if "@" in value else _LOGIN_BY_USERNAME
     row = (await connection.execute(statement, {"login": value})).first()
-    return None if row is None else LoginAccount(*row)
+    return None if row is None else LoginAccount(**row._mapping)
 
 
 async def store_password_hash(
