@@ -16,10 +16,6 @@ from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.user import UserFilters
 
 UNIQUE_COLUMNS = ("email", "username")
-# Login looks a user up on every attempt: built once, each statement's cache
-# key is computed once too (a fresh select costs that on every call).
-_BY_EMAIL = select(User).where(User.email == bindparam("login"))
-_BY_USERNAME = select(User).where(User.username == bindparam("login"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +44,8 @@ _LOGIN_COLUMNS = (
     User.desired_name,
     User.token_version,
 )
+# Login looks a user up on every attempt: built once, each statement's cache
+# key is computed once too (a fresh select costs that on every call).
 _LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(User.email == bindparam("login"))
 _LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(User.username == bindparam("login"))
 
@@ -106,13 +104,6 @@ class UserRepository:
         """Delete the row (sessions cascade)."""
         await self.session.delete(user)
         await self.session.flush()
-
-    async def get_by_login(self, identifier: str) -> User | None:
-        """The user whose email or username is `identifier` (case-insensitive)."""
-        value = identifier.strip().lower()
-        statement = _BY_EMAIL if "@" in value else _BY_USERNAME
-        result = await self.session.execute(statement, {"login": value})
-        return result.scalar_one_or_none()
 
 
 def _filtered(statement: Select[Any], filters: UserFilters) -> Select[Any]:

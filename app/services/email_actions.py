@@ -13,7 +13,7 @@ from app.models.base import utcnow
 from app.models.user import User
 from app.repositories import action_tokens
 from app.repositories.sessions import SessionRepository
-from app.repositories.users import UserRepository
+from app.repositories.users import UserRepository, find_login_account
 from app.services import audit, auth_cache, events
 from app.services.handlers import EMAIL_VERIFICATION, PASSWORD_RESET
 from app.services.login_guard import LoginGuard
@@ -83,7 +83,7 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
     The caller always answers 202, whether or not the account exists, so the
     endpoint cannot be used to discover accounts.
     """
-    user = await UserRepository(session).get_by_login(email)
+    user = await find_login_account(await session.connection(), email)
     if user is None or not user.is_active or "@" not in email:
         return
     await events.emit_user_event(
