@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from bench.ceiling import FLOOR_PASSWORD
 from bench.client import Client
 from bench.spec import LoadSpec
 
@@ -147,21 +148,28 @@ def _ceiling(fixture: Fixture, shape: RunShape) -> LoadSpec:
     return _spec(fixture.ceiling_url, shape, "GET", "/ceiling", headers=headers)
 
 
-def _login(fixture: Fixture, shape: RunShape) -> LoadSpec:
+def _form_logins(
+    fixture: Fixture, shape: RunShape, base_url: str, path: str, password: str
+) -> LoadSpec:
+    """Form logins rotating over the seeded users (all share one password)."""
     bodies = [
-        urlencode({"username": name, "password": fixture.password})
+        urlencode({"username": name, "password": password})
         for name in fixture.seeded["usernames"]
     ]
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     return _spec(
-        fixture.service_url,
-        shape,
-        "POST",
-        f"{API}/auth/login",
-        kind="rotate",
-        headers=headers,
-        bodies=bodies,
+        base_url, shape, "POST", path, kind="rotate", headers=headers, bodies=bodies
     )
+
+
+def _login(fixture: Fixture, shape: RunShape) -> LoadSpec:
+    path = f"{API}/auth/login"
+    return _form_logins(fixture, shape, fixture.service_url, path, fixture.password)
+
+
+def _login_floor(fixture: Fixture, shape: RunShape) -> LoadSpec:
+    url = fixture.ceiling_url
+    return _form_logins(fixture, shape, url, "/login-floor", FLOOR_PASSWORD)
 
 
 def _me(fixture: Fixture, shape: RunShape) -> LoadSpec:
@@ -220,6 +228,12 @@ def _refresh(fixture: Fixture, shape: RunShape) -> LoadSpec:
 
 
 CEILING = Endpoint("ceiling", "`GET /ceiling` (bare FastAPI, JWT decode)", _ceiling)
+# Measured beside login only: the least a login can cost (see bench/ceiling.py).
+LOGIN_FLOOR = Endpoint(
+    "login-floor",
+    "`POST /login-floor` (bare FastAPI, argon2id verify + JWT)",
+    _login_floor,
+)
 ENDPOINTS = [
     Endpoint("login", "`POST /auth/login`", _login),
     Endpoint("me", "`GET /users/me`", _me),

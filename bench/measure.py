@@ -12,9 +12,19 @@ import orjson
 
 from bench import wrk
 from bench.client import HealthProbe, ProbeResult
-from bench.endpoints import CEILING, Endpoint, Fixture, RunShape
+from bench.endpoints import CEILING, LOGIN_FLOOR, Endpoint, Fixture, RunShape
 from bench.servers import run_python
 from bench.spec import LoadSpec, RunResult
+
+
+def with_floor(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """`endpoints` with the login floor right after login (when login is there)."""
+    measured = []
+    for endpoint in endpoints:
+        measured.append(endpoint)
+        if endpoint.key == "login":
+            measured.append(LOGIN_FLOOR)
+    return measured
 
 
 class LoadGenerator:
@@ -104,6 +114,10 @@ def _describe(result: RunResult) -> str:
     return text
 
 
+def _ratio(result: RunResult, ceiling: RunResult) -> float:
+    return result.rps / ceiling.rps if ceiling.rps else 0.0
+
+
 class Benchmark:
     """Runs the schedule against the fixture and collects `Measurements`."""
 
@@ -129,7 +143,7 @@ class Benchmark:
         shape = RunShape(
             schedule.shape.connections, schedule.warmup, schedule.shape.timeout
         )
-        for endpoint in [CEILING, *endpoints]:
+        for endpoint in [CEILING, *with_floor(endpoints)]:
             result = self._run(endpoint, shape)
             into.series[endpoint.key].warmups.append(result)
             say(f"  warm-up {endpoint.key}: {_describe(result)}")
@@ -137,6 +151,7 @@ class Benchmark:
     def _measure_login(
         self, endpoint: Endpoint, shape: RunShape, into: Measurements
     ) -> RunResult:
+        """argon2id alone, login (with `/health` probed), then the login floor."""
         info = self.argon2_rate(shape.duration)
         into.argon2_rates.append(info["rate"])
         into.argon2_info = info
@@ -146,6 +161,9 @@ class Benchmark:
         into.probe.latencies.extend(probe.result.latencies)
         into.probe.errors += probe.result.errors
         say(f"  /health during login: p99 {probe.result.p(0.99):.1f} ms")
+        floor = self._run(LOGIN_FLOOR, shape)
+        into.series[LOGIN_FLOOR.key].runs.append(floor)
+        say(f"  {LOGIN_FLOOR.key}: {_describe(floor)}")
         return result
 
     def round(
@@ -162,11 +180,13 @@ class Benchmark:
             into.series[CEILING.key].runs.append(ceiling)
             if endpoint.key == "login":
                 result = self._measure_login(endpoint, schedule.shape, into)
+                floor = into.series[LOGIN_FLOOR.key]
+                floor.ratios.append(_ratio(floor.runs[-1], ceiling))
             else:
                 result = self._run(endpoint, schedule.shape)
             series = into.series[endpoint.key]
             series.runs.append(result)
-            series.ratios.append(result.rps / ceiling.rps if ceiling.rps else 0.0)
+            series.ratios.append(_ratio(result, ceiling))
             say(
                 f"  {endpoint.key}: {_describe(result)}; "
                 f"ceiling {ceiling.rps:,.0f} rps -> x{series.ratios[-1]:.3f}"
@@ -176,7 +196,8 @@ class Benchmark:
         """Warm up (when asked), then `repeat` rounds."""
         into = Measurements(
             series={
-                endpoint.key: Series(endpoint) for endpoint in [CEILING, *endpoints]
+                endpoint.key: Series(endpoint)
+                for endpoint in [CEILING, *with_floor(endpoints)]
             }
         )
         if schedule.warmup > 0:

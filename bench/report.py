@@ -94,6 +94,19 @@ def _median_rps(measurements: Measurements, key: str) -> float | None:
     return _median([run.rps for run in series.runs])
 
 
+def _floor_note(measurements: Measurements, login: float, argon2: float) -> list[str]:
+    floor = _median_rps(measurements, "login-floor")
+    if not floor:
+        return []
+    return [
+        f"- Login floor (the ceiling app's `POST /login-floor`: the same form, the same "
+        f"hasher and pool, a signed JWT, nothing else): {floor:,.1f} rps = "
+        f"{floor / argon2:.2f} {TIMES} argon2id alone; login = **{login / floor:.2f} "
+        f"{TIMES}** the floor. The rest of login's cost is the service's own: its "
+        f"database read and write, middleware, access log."
+    ]
+
+
 def login_notes(measurements: Measurements) -> list[str]:
     """Login against the bare argon2id rate, and `/health` while logins run."""
     login = _median_rps(measurements, "login")
@@ -108,6 +121,7 @@ def login_notes(measurements: Measurements) -> list[str]:
         f"{_median(rates):,.1f}/s [{min(rates):,.1f}{DASH}{max(rates):,.1f}] "
         f"(app `PasswordHasher`, m={info['memory_kib']:g} KiB, t={info['time_cost']:g}, "
         f"p={info['parallelism']:g}, {info['threads']:g} threads).",
+        *_floor_note(measurements, login, _median(rates)),
         f"- `/health` while the login runs were in flight: p50 {probe.p(0.5):.1f} ms, "
         f"**p99 {probe.p(0.99):.1f} ms** ({len(probe.latencies):,} probes, "
         f"{probe.errors} errors; one keep-alive connection, every 20 ms).",

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT_LABELS = [
     "`GET /ceiling`",
     "`POST /auth/login`",
+    "`POST /login-floor`",
     "`GET /users/me`",
     "`GET /items?limit=100`",
     "`GET /items?limit=100&cursor=",
