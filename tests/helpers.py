@@ -14,9 +14,12 @@ from email.policy import default as default_policy
 from typing import Any
 from urllib.parse import unquote
 
+import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.logging import JsonFormatter
+from app.core.security import PasswordHasher
 
 
 @contextmanager
@@ -85,3 +88,33 @@ def token_from(message: MimeMessage) -> str:
     match = re.search(r"[?&]token=([A-Za-z0-9_%\-.~]+)", body_text(message))
     assert match, body_text(message)
     return unquote(match.group(1))
+
+
+def pool_use_during_hashes(
+    monkeypatch: pytest.MonkeyPatch, hasher: PasswordHasher, engine: AsyncEngine
+) -> list[int]:
+    """Record how many pooled connections are checked out as each hash starts.
+
+    Wraps the hasher's hash, verification and dummy verification; the list
+    fills in call order.
+    """
+    held: list[int] = []
+    hash_, verify = hasher.hash, hasher.verify_and_update
+    burn = hasher.burn_verify_time
+
+    async def watched_hash(password: str) -> str:
+        held.append(engine.pool.checkedout())
+        return await hash_(password)
+
+    async def watched_verify(password: str, hashed: str) -> tuple[bool, str | None]:
+        held.append(engine.pool.checkedout())
+        return await verify(password, hashed)
+
+    async def watched_burn(password: str) -> None:
+        held.append(engine.pool.checkedout())
+        await burn(password)
+
+    monkeypatch.setattr(hasher, "hash", watched_hash)
+    monkeypatch.setattr(hasher, "verify_and_update", watched_verify)
+    monkeypatch.setattr(hasher, "burn_verify_time", watched_burn)
+    return held

@@ -54,6 +54,23 @@ async def _redeem(session: AsyncSession, token: str, purpose: str) -> User:
     return user
 
 
+async def _ensure_usable(session: AsyncSession, token: str, purpose: str) -> None:
+    """Refuse a token that cannot be redeemed, before any work is spent on it.
+
+    Only a read, whose transaction ends here: `_redeem` later consumes the
+    token (single use under races) in the transaction that uses it.
+
+    Raises:
+        InvalidActionTokenError: Unknown, expired or used token.
+    """
+    found = await action_tokens.find_usable(
+        session, hash_refresh_token(token), purpose, utcnow()
+    )
+    await session.commit()
+    if found is None:
+        raise InvalidActionTokenError
+
+
 async def confirm_verification(session: AsyncSession, token: str) -> None:
     """Mark the token's account verified; the token cannot be used again.
 
@@ -104,6 +121,11 @@ async def confirm_password_reset(
     Raises:
         InvalidActionTokenError: Unknown, expired or used token.
     """
+    await _ensure_usable(session, token, PASSWORD_RESET)
+    # Hash before the write transaction, with no connection held: on SQLite
+    # that transaction holds the engine's write lock, and a hash (longer while
+    # logins queue for the hash threads) would stall every other writer.
+    new_hash = await hasher.hash(new_password)
     user = await _redeem(session, token, PASSWORD_RESET)
     try:
         ensure_password_avoids_email(user.email, new_password)
@@ -111,7 +133,7 @@ async def confirm_password_reset(
         await session.rollback()  # the token stays usable for a better password
         raise
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
-    user.hashed_password = await hasher.hash(new_password)
+    user.hashed_password = new_hash
     user.token_version += 1
     now = utcnow()
     revoked = await SessionRepository(session).revoke(

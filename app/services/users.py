@@ -293,6 +293,10 @@ async def change_password(
             failed login, so it cannot be used to guess the password).
     """
     user = await get_self(session, principal)
+    # End the read before the two hashes, so the connection goes back to the
+    # pool while they run (longer while logins queue for the hash threads).
+    # Committing keeps `user` loaded (no expiry on commit).
+    await session.commit()
     account = guard.account_key(user.id, user.email)
     await guard.check(account, client_ip)
     valid, _ = await hasher.verify_and_update(

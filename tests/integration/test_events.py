@@ -355,6 +355,85 @@ class TestEmailFlows:
         assert refreshed.status_code == 401
         await login(http, "ada", "Fresh-Start-42")
 
+    async def test_reset_hashes_with_no_connection_or_write_lock_held(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        token = (await login(http, "ada", "Analytical1"))["access_token"]
+        await http.post(
+            "/api/v1/auth/password-reset/request",
+            json={"email": "ada.lovelace@example.com"},
+        )
+        await drain(mail_app)
+        link_token = token_from(
+            next(m for m in sink.messages if "reset-password?token=" in body_text(m))
+        )
+        engine = mail_app.state.database.engine
+        hasher = mail_app.state.password_hasher
+        hashing, release = asyncio.Event(), asyncio.Event()
+        held: list[int] = []
+        real_hash = hasher.hash
+
+        async def held_hash(password: str) -> str:
+            held.append(engine.pool.checkedout())
+            hashing.set()
+            await release.wait()  # a hash that waits its turn behind others
+            return await real_hash(password)
+
+        monkeypatch.setattr(hasher, "hash", held_hash)
+        body = {
+            "token": link_token,
+            "new_password": "Fresh-Start-42",
+            "confirm_password": "Fresh-Start-42",
+        }
+        reset = asyncio.create_task(
+            http.post("/api/v1/auth/password-reset/confirm", json=body)
+        )
+        await asyncio.wait_for(hashing.wait(), 10)
+        # Another request writes while the reset's hash waits: on SQLite the
+        # write lock is not the reset's, and it holds no pooled connection.
+        created = await asyncio.wait_for(
+            http.post(
+                "/api/v1/items", json={"title": "meanwhile"}, headers=bearer(token)
+            ),
+            5,
+        )
+        release.set()
+        confirmed = await reset
+
+        assert held == [0]
+        assert created.status_code == 201
+        assert confirmed.status_code == 204
+        await login(http, "ada", "Fresh-Start-42")
+
+    async def test_unusable_reset_token_costs_no_hash(
+        self, mail_app: Any, http: AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        hashed: list[str] = []
+
+        async def counted_hash(password: str) -> str:
+            hashed.append(password)
+            return password
+
+        monkeypatch.setattr(mail_app.state.password_hasher, "hash", counted_hash)
+        response = await http.post(
+            "/api/v1/auth/password-reset/confirm",
+            json={
+                "token": "not-a-token-anyone-was-sent",
+                "new_password": "Fresh-Start-42",
+                "confirm_password": "Fresh-Start-42",
+            },
+        )
+
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "INVALID_OR_EXPIRED_TOKEN"
+        assert hashed == []
+
     async def test_expired_reset_token(
         self,
         mail_app: Any,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.models import User
 from tests.conftest import DEFAULT_PASSWORD, bearer, login, make_user
+from tests.helpers import pool_use_during_hashes
 
 LOGIN = "/api/v1/auth/login"
 
@@ -143,21 +144,9 @@ async def test_no_database_connection_is_held_while_the_password_hashes(
     engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hasher = app.state.password_hasher
-    held_while_hashing: list[int] = []
-    verify, burn = hasher.verify_and_update, hasher.burn_verify_time
-
-    async def watched_verify(password: str, hashed: str) -> tuple[bool, str | None]:
-        held_while_hashing.append(engine.pool.checkedout())
-        result: tuple[bool, str | None] = await verify(password, hashed)
-        return result
-
-    async def watched_burn(password: str) -> None:
-        held_while_hashing.append(engine.pool.checkedout())
-        await burn(password)
-
-    monkeypatch.setattr(hasher, "verify_and_update", watched_verify)
-    monkeypatch.setattr(hasher, "burn_verify_time", watched_burn)
+    held_while_hashing = pool_use_during_hashes(
+        monkeypatch, app.state.password_hasher, engine
+    )
 
     await login(client, "alice")
     await client.post(LOGIN, data={"username": "alice", "password": "Wrong-1234"})

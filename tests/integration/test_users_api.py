@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from httpx import AsyncClient
+from httpx import AsyncClient, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import User
 from tests.conftest import DEFAULT_PASSWORD, bearer, login, make_user
+from tests.helpers import pool_use_during_hashes
 
 USERS = "/api/v1/users"
 
@@ -252,6 +254,23 @@ async def test_list_users_bad_query_is_422(
     assert response.status_code == 422
 
 
+async def change_password(
+    client: AsyncClient,
+    token: str,
+    *,
+    current: str = DEFAULT_PASSWORD,
+    new: str = "Brand-New-Pass-9",
+    confirm: str | None = None,
+) -> Response:
+    """POST /users/me/password as the holder of `token`."""
+    body = {
+        "current_password": current,
+        "new_password": new,
+        "confirm_password": new if confirm is None else confirm,
+    }
+    return await client.post(f"{USERS}/me/password", json=body, headers=bearer(token))
+
+
 class TestPasswordChange:
     async def test_changes_password_and_revokes_other_sessions(
         self, client: AsyncClient, alice: User
@@ -259,15 +278,7 @@ class TestPasswordChange:
         current = await login(client, "alice")
         other = await login(client, "alice")
 
-        response = await client.post(
-            f"{USERS}/me/password",
-            json={
-                "current_password": DEFAULT_PASSWORD,
-                "new_password": "Brand-New-Pass-9",
-                "confirm_password": "Brand-New-Pass-9",
-            },
-            headers=bearer(current["access_token"]),
-        )
+        response = await change_password(client, current["access_token"])
 
         assert response.status_code == 204
         assert (
@@ -287,19 +298,29 @@ class TestPasswordChange:
         )
         assert old.status_code == 401
 
+    async def test_no_database_connection_is_held_while_the_passwords_hash(
+        self,
+        app: Any,
+        client: AsyncClient,
+        alice: User,
+        engine: AsyncEngine,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        token = (await login(client, "alice"))["access_token"]
+        held = pool_use_during_hashes(monkeypatch, app.state.password_hasher, engine)
+        response = await change_password(client, token)
+
+        # Password changes queueing for the hash threads must not hold the pool.
+        assert response.status_code == 204
+        assert held == [0, 0]  # the check of the current one, the new hash
+        monkeypatch.undo()
+        await login(client, "alice", "Brand-New-Pass-9")
+
     async def test_wrong_current_password_is_refused(
         self, client: AsyncClient, alice: User
     ) -> None:
         token = (await login(client, "alice"))["access_token"]
-        response = await client.post(
-            f"{USERS}/me/password",
-            json={
-                "current_password": "Wrong-Pass-1",
-                "new_password": "Brand-New-Pass-9",
-                "confirm_password": "Brand-New-Pass-9",
-            },
-            headers=bearer(token),
-        )
+        response = await change_password(client, token, current="Wrong-Pass-1")
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "INVALID_CURRENT_PASSWORD"
         await login(client, "alice")  # unchanged
@@ -312,15 +333,7 @@ class TestPasswordChange:
         self, client: AsyncClient, alice: User, new: str, confirm: str
     ) -> None:
         token = (await login(client, "alice"))["access_token"]
-        response = await client.post(
-            f"{USERS}/me/password",
-            json={
-                "current_password": DEFAULT_PASSWORD,
-                "new_password": new,
-                "confirm_password": confirm,
-            },
-            headers=bearer(token),
-        )
+        response = await change_password(client, token, new=new, confirm=confirm)
         assert response.status_code == 422
 
 
