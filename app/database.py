@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from app import sqlite_driver
 from app.core.config import Settings
@@ -123,14 +124,46 @@ def create_reader(engine: AsyncEngine) -> AsyncEngine:
     return engine
 
 
+class ReadOnlySessionError(RuntimeError):
+    """A write went through a read session (a bug: it would not be atomic)."""
+
+
+class ReadSession(Session):
+    """The sync side of a read session: it refuses every write."""
+
+
+@event.listens_for(ReadSession, "before_flush")
+def _refuse_flush(session: Session, _flush: UOWTransaction, _instances: Any) -> None:
+    raise ReadOnlySessionError("an ORM change was flushed through a read session")
+
+
+@event.listens_for(ReadSession, "do_orm_execute")
+def _refuse_dml(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlySessionError("a write statement ran through a read session")
+
+
+def create_read_sessionmaker(reader: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for routes that only read, on `reader` (see `create_reader`).
+
+    On PostgreSQL each statement is one round trip, without the BEGIN before
+    it and the ROLLBACK after. Writes raise `ReadOnlySessionError`: in
+    autocommit they would not be one transaction.
+    """
+    return async_sessionmaker(
+        reader, expire_on_commit=False, autoflush=False, sync_session_class=ReadSession
+    )
+
+
 class Database:
-    """The engine, its reader and the session factory of one application instance."""
+    """The engine, its reader and the session factories of one application instance."""
 
     def __init__(self, settings: Settings) -> None:
         """Build the engine (no connection is opened yet)."""
         self.engine = create_engine(settings)
         self.reader = create_reader(self.engine)
         self.sessionmaker = create_sessionmaker(self.engine)
+        self.read_sessionmaker = create_read_sessionmaker(self.reader)
 
     async def dispose(self) -> None:
         """Close every pooled connection (graceful shutdown)."""

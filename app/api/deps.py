@@ -68,6 +68,17 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read session per request, for routes that change nothing.
+
+    Its statements run in autocommit on PostgreSQL (`Database.reader`): one
+    round trip each instead of BEGIN, the statement, ROLLBACK.
+    """
+    database: Database = request.app.state.database
+    async with database.read_sessionmaker() as session:
+        yield session
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
@@ -75,6 +86,7 @@ ItemCreatorDep = Annotated[ItemCreator, Depends(get_item_creator)]
 # scope="function": the session closes when the route returns, before the response
 # is sent; services have committed by then (ARCHITECTURE.md, request flow step 3).
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
 security_log = logging.getLogger("app.security")

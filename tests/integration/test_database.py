@@ -1,14 +1,16 @@
-"""The database's reader: reads without transaction round trips."""
+"""The database's reader and read sessions: reads without transaction round trips."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import Settings
-from app.database import create_engine, create_reader
+from app.database import ReadOnlySessionError, create_engine, create_reader
+from app.models import User
 
 TXID = text("SELECT txid_current()")
 
@@ -42,3 +44,34 @@ async def test_reader_statements_run_without_a_transaction_around_them(
         assert first == second
     finally:
         await engine.dispose()
+
+
+async def test_read_session_statements_run_without_a_transaction(
+    app: Any, backend: str
+) -> None:
+    if backend == "sqlite":
+        return  # txid_current() is PostgreSQL's
+    async with app.state.database.read_sessionmaker() as session:
+        first = (await session.execute(TXID)).scalar_one()
+        second = (await session.execute(TXID)).scalar_one()
+    assert first != second
+
+
+async def test_read_session_refuses_writes(app: Any, alice: User) -> None:
+    database = app.state.database
+    async with database.read_sessionmaker() as session:
+        user = (
+            await session.execute(select(User).where(User.id == alice.id))
+        ).scalar_one()
+        user.first_name = "Changed"
+        with pytest.raises(ReadOnlySessionError):
+            await session.flush()
+        await session.rollback()
+        with pytest.raises(ReadOnlySessionError):
+            await session.execute(
+                update(User).where(User.id == alice.id).values(first_name="Changed")
+            )
+    async with database.sessionmaker() as session:
+        stored = await session.get(User, alice.id)
+    assert stored is not None
+    assert stored.first_name == alice.first_name

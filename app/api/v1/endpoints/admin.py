@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import MAX_ID, SessionDep, require
+from app.api.deps import MAX_ID, ReadSessionDep, require
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
 from app.core.scopes import ADMIN_ALL
@@ -26,7 +26,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/audit", summary="Search the audit trail", responses=ERRORS)
 async def list_audit(
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: Annotated[Principal, require(ADMIN_ALL)],
     actor_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     entity_type: Annotated[QueryText | None, Query(max_length=50)] = None,

@@ -15,6 +15,7 @@ from app.api.deps import (
     DatabaseDep,
     HasherDep,
     LoginGuardDep,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     limit_by_client_ip,
@@ -281,7 +282,7 @@ async def logout_all(
 
 @router.get("/sessions", summary="My active sessions", responses=AUTH_ERRORS)
 async def list_sessions(
-    principal: CurrentPrincipal, session: SessionDep
+    principal: CurrentPrincipal, session: ReadSessionDep
 ) -> Envelope[list[SessionPublic]]:
     """Sessions that can still refresh, most recently used first."""
     families = await auth.list_sessions(session, principal)

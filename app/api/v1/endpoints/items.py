@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import (
     DatabaseDep,
     ItemCreatorDep,
+    ReadSessionDep,
     ResourceId,
     SessionDep,
     SettingsDep,
@@ -197,7 +198,7 @@ async def list_user_items(
 
 @router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)
 async def read_item(
-    item_id: ResourceId, principal: Reader, session: SessionDep, response: Response
+    item_id: ResourceId, principal: Reader, session: ReadSessionDep, response: Response
 ) -> Envelope[ItemPublic]:
     """An item, with its `ETag` for a later conditional PATCH or DELETE."""
     item = await items.get_item(session, principal, item_id)
@@ -273,7 +274,7 @@ async def upload_attachment(
     "/items/{item_id}/attachments", summary="List an item's files", responses=ERRORS
 )
 async def list_attachments(
-    item_id: ResourceId, principal: Reader, session: SessionDep
+    item_id: ResourceId, principal: Reader, session: ReadSessionDep
 ) -> Envelope[list[AttachmentPublic]]:
     """Metadata of every file attached to the item."""
     found = await attachments.list_attachments(session, principal, item_id)
@@ -290,7 +291,7 @@ async def download_attachment(
     item_id: ResourceId,
     attachment_id: ResourceId,
     principal: Reader,
-    session: SessionDep,
+    session: ReadSessionDep,
     storage: StorageDep,
 ) -> StreamingResponse:
     """Stream the file, as an attachment (never rendered inline)."""

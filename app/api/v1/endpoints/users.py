@@ -11,6 +11,7 @@ from app.api.deps import (
     CurrentPrincipal,
     HasherDep,
     LoginGuardDep,
+    ReadSessionDep,
     ResourceId,
     SessionDep,
     require,
@@ -85,7 +86,7 @@ async def change_password(
 
 @router.get("", summary="List users", responses=ERRORS)
 async def list_users(
-    session: SessionDep,
+    session: ReadSessionDep,
     principal: Annotated[Principal, require(USERS_READ)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
@@ -131,7 +132,7 @@ async def create_user(
 
 @router.get("/{user_id}", summary="Read a user", responses=ERRORS)
 async def read_user(
-    user_id: ResourceId, principal: CurrentPrincipal, session: SessionDep
+    user_id: ResourceId, principal: CurrentPrincipal, session: ReadSessionDep
 ) -> Envelope[UserPublic]:
     """Yourself, or anyone with `users:read`; others are 404."""
     user = await users.get_user(session, principal, user_id)
