@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -129,6 +130,28 @@ def _count_statement(bound: frozenset[str]) -> Select[Any]:
 # Lists read each item as the JSON object the API shows, rendered by the
 # database (see json_rows): no ORM instances, no per-column Python values.
 ItemJsonRow = json_row_class(ITEMS, list(ItemPublic.model_fields))
+
+
+_ITEM_VIEW = select(ItemJsonRow(), ITEMS.c.owner_id, ITEMS.c.version).where(
+    ITEMS.c.id == bindparam("item_id", type_=Integer())
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """One item as the API shows it, with what access checks and ETags need."""
+
+    json: orjson.Fragment  # the item as ItemPublic writes it (see json_rows)
+    owner_id: int
+    version: int
+
+
+async def find_item_view(connection: AsyncConnection, item_id: int) -> ItemView | None:
+    """The item with this id as JSON rendered by the database, or None."""
+    row = (await connection.execute(_ITEM_VIEW, {"item_id": item_id})).first()
+    if row is None:
+        return None
+    return ItemView(orjson.Fragment(row[0]), row.owner_id, row.version)
 
 
 def cursor_after(item: Mapping[str, Any], filters: ItemFilters) -> Cursor:

@@ -27,7 +27,13 @@ from app.core.storage import FileStorage
 from app.models.base import utcnow
 from app.models.item import Item
 from app.repositories.idempotency import DuplicateKeyError
-from app.repositories.items import ItemPages, ItemRepository, cursor_after
+from app.repositories.items import (
+    ItemPages,
+    ItemRepository,
+    ItemView,
+    cursor_after,
+    find_item_view,
+)
 from app.schemas.item import ItemCreate, ItemFilters, ItemPublic, ItemUpdate, SortField
 from app.services import audit, events, idempotency
 from app.services.idempotency import IdempotentRequest
@@ -274,8 +280,8 @@ class ItemCreator:
         return created
 
 
-def _can_see(principal: Principal, item: Item) -> bool:
-    return item.owner_id == principal.user_id or principal.has(ITEMS_MODERATE)
+def _can_see(principal: Principal, owner_id: int) -> bool:
+    return owner_id == principal.user_id or principal.has(ITEMS_MODERATE)
 
 
 async def get_item(session: AsyncSession, principal: Principal, item_id: int) -> Item:
@@ -285,9 +291,28 @@ async def get_item(session: AsyncSession, principal: Principal, item_id: int) ->
         ItemNotFoundError: Missing or invisible (no existence leak).
     """
     item = await ItemRepository(session).get(item_id)
-    if item is None or not _can_see(principal, item):
+    if item is None or not _can_see(principal, item.owner_id):
         raise ItemNotFoundError
     return item
+
+
+async def read_item(
+    engine: AsyncEngine, principal: Principal, item_id: int
+) -> ItemView:
+    """`get_item` for showing: the item as JSON, read on a plain connection.
+
+    Reading changes nothing, so no session and no entity: the database
+    renders the JSON the API shows (as lists do), one statement. Pass the
+    database's reader.
+
+    Raises:
+        ItemNotFoundError: Missing or invisible (no existence leak).
+    """
+    async with engine.connect() as connection:
+        view = await find_item_view(connection, item_id)
+    if view is None or not _can_see(principal, view.owner_id):
+        raise ItemNotFoundError
+    return view
 
 
 def _check_precondition(item: Item, if_match: IfMatch | None) -> None:

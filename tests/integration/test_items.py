@@ -12,7 +12,8 @@ from httpx import AsyncClient
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import User
+from app.models import Item, User
+from app.schemas.item import ItemPublic
 from tests.conftest import bearer, login, make_user
 
 ITEMS = "/api/v1/items"
@@ -197,12 +198,12 @@ class TestLists:
             "next_cursor": None,
         }
 
-    async def test_list_items_are_rendered_exactly_as_the_item_endpoint_does(
-        self, client: AsyncClient, token: str
+    async def test_items_read_are_rendered_exactly_as_pydantic_renders_them(
+        self, app: Any, client: AsyncClient, token: str
     ) -> None:
-        # The database renders list rows as JSON; they must match pydantic's
-        # rendering byte for byte: escapes, nulls, and timestamps with and
-        # without microseconds.
+        # The database renders list rows and single items as JSON; they must
+        # match pydantic's rendering of the stored row byte for byte: escapes,
+        # nulls, and timestamps with and without microseconds.
         titles = ['quote " and \\ back', "tab\tnew\nline", "Ünïcode ✓ 🚀", "</script>"]
         # Within the token's lifetime, on a whole second.
         second = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
@@ -225,8 +226,11 @@ class TestLists:
                     f"{ITEMS}/{item['id']}", headers=bearer(token)
                 )
                 assert item == single.json()["data"]
-                rendered = single.content.decode()
-                assert rendered.split('"data":', 1)[1][:-1] in listed.content.decode()
+                rendered = single.content.decode().split('"data":', 1)[1][:-1]
+                assert rendered in listed.content.decode()
+                async with app.state.database.sessionmaker() as session:
+                    stored = await session.get(Item, item["id"])
+                assert rendered == ItemPublic.model_validate(stored).model_dump_json()
         stamps = [item["created_at"] for item in listed.json()["data"]["items"]]
         whole = second.strftime("%Y-%m-%dT%H:%M:%S")
         assert {f"{whole}Z", f"{whole}.120000Z", f"{whole}.000007Z"} <= set(stamps)

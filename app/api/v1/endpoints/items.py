@@ -196,14 +196,18 @@ async def list_user_items(
     return await page_response(database, user_id, query)
 
 
-@router.get("/items/{item_id}", summary="Read an item", responses=ERRORS)
+@router.get(
+    "/items/{item_id}",
+    summary="Read an item",
+    responses=ERRORS,
+    response_model=Envelope[ItemPublic],
+)
 async def read_item(
-    item_id: ResourceId, principal: Reader, session: ReadSessionDep, response: Response
-) -> Envelope[ItemPublic]:
+    item_id: ResourceId, principal: Reader, database: DatabaseDep
+) -> FastJSONResponse:
     """An item, with its `ETag` for a later conditional PATCH or DELETE."""
-    item = await items.get_item(session, principal, item_id)
-    response.headers["ETag"] = etag(item.version)
-    return Envelope(data=ItemPublic.model_validate(item))
+    view = await items.read_item(database.reader, principal, item_id)
+    return FastJSONResponse(success(view.json), headers={"ETag": etag(view.version)})
 
 
 @router.patch(
