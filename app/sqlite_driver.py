@@ -316,9 +316,10 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
         if self.holds_write_lock:
             return
         try:
-            await asyncio.wait_for(
-                self.dbapi.write_lock.acquire(), self.dbapi.busy_timeout
-            )
+            # Not wait_for: that wraps the wait in a task of its own, a few more
+            # trips through the loop per hand-over while writers queue.
+            async with asyncio.timeout(self.dbapi.busy_timeout):
+                await self.dbapi.write_lock.acquire()
         except TimeoutError as exc:
             raise sqlite3.OperationalError("database is locked") from exc
         self.holds_write_lock = True
