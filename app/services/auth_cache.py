@@ -53,15 +53,16 @@ async def access_entry(
         None when the user is gone or the token's session is revoked.
     """
     cached = await cache.get(user_id, session_id)
-    if cached is not None:
-        return cached
+    if cached.entry is not None:
+        return cached.entry
     async with sessionmaker() as session:
         state = await load_access_state(session, user_id, session_id)
     if state is None or state.session_revoked:
         return None
     entry = user_entry(state.user)
     if state.user.is_active:
-        await cache.put(entry, session_id)
+        # Dropped if a change committed meanwhile: `state` may predate it.
+        await cache.put(entry, session_id, cached.generation)
     return entry
 
 

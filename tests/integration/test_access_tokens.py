@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import timedelta
@@ -14,6 +15,7 @@ from httpx import AsyncClient
 
 from app.core.config import Settings
 from app.models import User
+from app.services import auth_cache
 from tests.conftest import bearer, login, make_user
 from tests.helpers import capture_logs
 
@@ -160,6 +162,40 @@ async def test_deactivation_stops_tokens_at_once(
         "/api/v1/auth/refresh", json={"refresh_token": alice_tokens["refresh_token"]}
     )
     assert refreshed.status_code == 401
+
+
+async def test_deactivation_during_a_cache_fill_still_stops_tokens(
+    app: Any, client: AsyncClient, alice: User, admin: User, monkeypatch: Any
+) -> None:
+    # A request misses the access cache and reads alice as active; before it
+    # fills the cache, an admin deactivates her (commit, then the entry is
+    # deleted). The late fill must not bring the old state back for a TTL.
+    alice_token = (await login(client, "alice"))["access_token"]
+    admin_token = (await login(client, "root"))["access_token"]
+    assert (await client.get(ME, headers=bearer(admin_token))).status_code == 200
+    read, proceed = asyncio.Event(), asyncio.Event()
+    load = auth_cache.load_access_state
+
+    async def slow_load(session: Any, user_id: int, session_id: str | None) -> Any:
+        state = await load(session, user_id, session_id)
+        if user_id == alice.id and not read.is_set():
+            read.set()
+            await proceed.wait()
+        return state
+
+    monkeypatch.setattr(auth_cache, "load_access_state", slow_load)
+    in_flight = asyncio.create_task(client.get(ME, headers=bearer(alice_token)))
+    await asyncio.wait_for(read.wait(), 10)
+    deactivated = await client.patch(
+        f"/api/v1/users/{alice.id}",
+        json={"is_active": False},
+        headers=bearer(admin_token),
+    )
+    proceed.set()
+    await in_flight  # read before the change: either answer is fair
+
+    assert deactivated.status_code == 200
+    assert_invalid_token(await client.get(ME, headers=bearer(alice_token)))
 
 
 async def test_role_change_invalidates_old_tokens(
