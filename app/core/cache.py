@@ -159,16 +159,16 @@ class RedisAuthCache:
         if session_id is not None:
             keys.append(f"{self.prefix}sess:{session_id}")
         try:
-            generation, *values = await self.redis.mget(keys)
+            generation, user_json, *session_live = await self.redis.mget(keys)
         except Exception as exc:
             logger.warning(
                 "auth cache unavailable", extra={"error": type(exc).__name__}
             )
             return CacheRead(None, UNKNOWN_GENERATION)
         seen = int(generation or 0)
-        if any(value is None for value in values):
+        if user_json is None or None in session_live:
             return CacheRead(None, seen)
-        user: UserEntry = orjson.loads(values[0])
+        user: UserEntry = orjson.loads(user_json)
         return CacheRead(user, seen)
 
     async def put(
