@@ -272,6 +272,23 @@ class TestFailures:
         ][-2:] == ["user.deactivated", "user.activated"]
 
 
+async def emailed_reset_token(app: Any, http: AsyncClient, sink: MailSink) -> str:
+    """Ask for a reset of ada's password; the token of the emailed link."""
+    await http.post(
+        "/api/v1/auth/password-reset/request",
+        json={"email": "ada.lovelace@example.com"},
+    )
+    await drain(app)
+    return token_from(
+        next(m for m in sink.messages if "reset-password?token=" in body_text(m))
+    )
+
+
+def reset_body(token: str, password: str = "Fresh-Start-42") -> dict[str, str]:
+    """The body of a password-reset confirmation."""
+    return {"token": token, "new_password": password, "confirm_password": password}
+
+
 class TestEmailFlows:
     async def test_email_verification(
         self,
@@ -335,11 +352,7 @@ class TestEmailFlows:
         resets = [m for m in sink.messages if "reset-password?token=" in body_text(m)]
         assert [m["To"] for m in resets] == ["ada.lovelace@example.com"]
         link_token = token_from(resets[0])
-        body = {
-            "token": link_token,
-            "new_password": "Fresh-Start-42",
-            "confirm_password": "Fresh-Start-42",
-        }
+        body = reset_body(link_token)
         confirmed = await http.post("/api/v1/auth/password-reset/confirm", json=body)
         reused = await http.post("/api/v1/auth/password-reset/confirm", json=body)
 
@@ -365,14 +378,7 @@ class TestEmailFlows:
     ) -> None:
         await http.post(SIGNUP, json=signup_payload)
         token = (await login(http, "ada", "Analytical1"))["access_token"]
-        await http.post(
-            "/api/v1/auth/password-reset/request",
-            json={"email": "ada.lovelace@example.com"},
-        )
-        await drain(mail_app)
-        link_token = token_from(
-            next(m for m in sink.messages if "reset-password?token=" in body_text(m))
-        )
+        link_token = await emailed_reset_token(mail_app, http, sink)
         engine = mail_app.state.database.engine
         hasher = mail_app.state.password_hasher
         hashing, release = asyncio.Event(), asyncio.Event()
@@ -386,13 +392,10 @@ class TestEmailFlows:
             return await real_hash(password)
 
         monkeypatch.setattr(hasher, "hash", held_hash)
-        body = {
-            "token": link_token,
-            "new_password": "Fresh-Start-42",
-            "confirm_password": "Fresh-Start-42",
-        }
         reset = asyncio.create_task(
-            http.post("/api/v1/auth/password-reset/confirm", json=body)
+            http.post(
+                "/api/v1/auth/password-reset/confirm", json=reset_body(link_token)
+            )
         )
         await asyncio.wait_for(hashing.wait(), 10)
         # Another request writes while the reset's hash waits: on SQLite the
@@ -423,11 +426,7 @@ class TestEmailFlows:
         monkeypatch.setattr(mail_app.state.password_hasher, "hash", counted_hash)
         response = await http.post(
             "/api/v1/auth/password-reset/confirm",
-            json={
-                "token": "not-a-token-anyone-was-sent",
-                "new_password": "Fresh-Start-42",
-                "confirm_password": "Fresh-Start-42",
-            },
+            json=reset_body("not-a-token-anyone-was-sent"),
         )
 
         assert response.status_code == 400
@@ -442,22 +441,10 @@ class TestEmailFlows:
         signup_payload: dict[str, Any],
     ) -> None:
         await http.post(SIGNUP, json=signup_payload)
-        await http.post(
-            "/api/v1/auth/password-reset/request",
-            json={"email": "ada.lovelace@example.com"},
-        )
-        await drain(mail_app)
-        link_token = token_from(
-            next(m for m in sink.messages if "reset" in body_text(m).lower())
-        )
+        link_token = await emailed_reset_token(mail_app, http, sink)
         with time_machine.travel(timedelta(minutes=61), tick=True):
             response = await http.post(
-                "/api/v1/auth/password-reset/confirm",
-                json={
-                    "token": link_token,
-                    "new_password": "Fresh-Start-42",
-                    "confirm_password": "Fresh-Start-42",
-                },
+                "/api/v1/auth/password-reset/confirm", json=reset_body(link_token)
             )
         assert response.status_code == 400
 
