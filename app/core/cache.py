@@ -174,7 +174,7 @@ class RedisAuthCache:
     async def put(
         self, user: UserEntry, session_id: str | None, generation: int
     ) -> None:
-        """Cache the user (and session) unless forgotten meanwhile; failures are logged."""
+        """Cache the user (and session) unless forgotten since; errors are logged."""
         if not self.enabled or generation == UNKNOWN_GENERATION:
             return
         keys = [self.generation_key, f"{self.prefix}user:{user['id']}"]
