@@ -147,8 +147,9 @@ def create_read_sessionmaker(reader: AsyncEngine) -> async_sessionmaker[AsyncSes
     """Sessions for routes that only read, on `reader` (see `create_reader`).
 
     On PostgreSQL each statement is one round trip, without the BEGIN before
-    it and the ROLLBACK after. Writes raise `ReadOnlySessionError`: in
-    autocommit they would not be one transaction.
+    it and the ROLLBACK after. A flush and an `insert`/`update`/`delete`
+    statement raise `ReadOnlySessionError`: in autocommit they would not be
+    one transaction (raw SQL text is not inspected).
     """
     return async_sessionmaker(
         reader, expire_on_commit=False, autoflush=False, sync_session_class=ReadSession
