@@ -104,9 +104,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Session factory: no expiry on commit, so committed objects stay readable."""
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def create_sessionmaker(
+    engine: AsyncEngine, session_class: type[Session] = Session
+) -> async_sessionmaker[AsyncSession]:
+    """Session factory: no expiry on commit, so committed objects stay readable.
+
+    Args:
+        engine: Where the sessions' connections come from.
+        session_class: The sync session class behind each `AsyncSession`.
+    """
+    return async_sessionmaker(
+        engine,
+        expire_on_commit=False,
+        autoflush=False,
+        sync_session_class=session_class,
+    )
 
 
 def create_reader(engine: AsyncEngine) -> AsyncEngine:
@@ -151,9 +163,7 @@ def create_read_sessionmaker(reader: AsyncEngine) -> async_sessionmaker[AsyncSes
     statement raise `ReadOnlySessionError`: in autocommit they would not be
     one transaction (raw SQL text is not inspected).
     """
-    return async_sessionmaker(
-        reader, expire_on_commit=False, autoflush=False, sync_session_class=ReadSession
-    )
+    return create_sessionmaker(reader, ReadSession)
 
 
 class Database:

@@ -151,13 +151,18 @@ class RedisAuthCache:
         # Checked and stored in one step: a deletion cannot fall in between.
         self._put_if_current = redis.register_script(_PUT)
 
+    def _keys(self, user_id: int, session_id: str | None) -> list[str]:
+        """The generation, the user's entry and (when given) the session's marker."""
+        keys = [self.generation_key, f"{self.prefix}user:{user_id}"]
+        if session_id is not None:
+            keys.append(f"{self.prefix}sess:{session_id}")
+        return keys
+
     async def get(self, user_id: int, session_id: str | None) -> CacheRead:
         """One MGET; any Redis trouble reads as a miss (the database decides)."""
         if not self.enabled:
             return CacheRead(None, UNKNOWN_GENERATION)
-        keys = [self.generation_key, f"{self.prefix}user:{user_id}"]
-        if session_id is not None:
-            keys.append(f"{self.prefix}sess:{session_id}")
+        keys = self._keys(user_id, session_id)
         try:
             generation, user_json, *session_live = await self.redis.mget(keys)
         except Exception as exc:
@@ -177,12 +182,10 @@ class RedisAuthCache:
         """Cache the user (and session) unless forgotten since; errors are logged."""
         if not self.enabled or generation == UNKNOWN_GENERATION:
             return
-        keys = [self.generation_key, f"{self.prefix}user:{user['id']}"]
-        if session_id is not None:
-            keys.append(f"{self.prefix}sess:{session_id}")
         try:
             await self._put_if_current(
-                keys=keys, args=[generation, orjson.dumps(user), self.ttl]
+                keys=self._keys(user["id"], session_id),
+                args=[generation, orjson.dumps(user), self.ttl],
             )
         except Exception as exc:
             logger.warning(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, func, or_, select, update
+from sqlalchemy import Select, Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -33,17 +33,9 @@ class LoginAccount:
     token_version: int
 
 
-_LOGIN_COLUMNS = (
-    User.id,
-    User.email,
-    User.role,
-    User.hashed_password,
-    User.is_active,
-    User.first_name,
-    User.last_name,
-    User.desired_name,
-    User.token_version,
-)
+_USERS = cast("Table", User.__table__)
+# Exactly the account's fields, so a field added there is read here too.
+_LOGIN_COLUMNS = tuple(_USERS.c[field.name] for field in fields(LoginAccount))
 # Login looks a user up on every attempt: built once, each statement's cache
 # key is computed once too (a fresh select costs that on every call).
 _LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(User.email == bindparam("login"))
