@@ -19,13 +19,12 @@ UNIQUE_COLUMNS = ("email", "username")
 
 
 @dataclass(frozen=True, slots=True)
-class LoginAccount:
-    """What login needs of a user: its hash, its state, its token's claims."""
+class TokenHolder:
+    """What issuing an access token needs of a user: its state and its claims."""
 
     id: int
     email: str
     role: str
-    hashed_password: str
     is_active: bool
     first_name: str
     last_name: str
@@ -33,7 +32,16 @@ class LoginAccount:
     token_version: int
 
 
+@dataclass(frozen=True, slots=True)
+class LoginAccount(TokenHolder):
+    """What login needs of a user: a token holder's fields and the password hash."""
+
+    hashed_password: str
+
+
 _USERS = cast("Table", User.__table__)
+TOKEN_HOLDER_COLUMNS = tuple(_USERS.c[field.name] for field in fields(TokenHolder))
+"""A token holder's columns, for queries that read one along with other rows."""
 # Exactly the account's fields, so a field added there is read here too.
 _LOGIN_COLUMNS = tuple(_USERS.c[field.name] for field in fields(LoginAccount))
 # Login looks a user up on every attempt: built once, each statement's cache

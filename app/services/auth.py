@@ -37,9 +37,10 @@ from app.database import Database
 from app.models.auth_session import AuthSession
 from app.models.base import utcnow
 from app.models.user import User
-from app.repositories.sessions import SessionRepository, open_family
+from app.repositories.sessions import RefreshGrant, SessionRepository, open_family
 from app.repositories.users import (
     LoginAccount,
+    TokenHolder,
     UserRepository,
     find_login_account,
     store_password_hash,
@@ -70,7 +71,7 @@ class TokenPair:
 
 def _issue_access(
     settings: Settings,
-    user: User | LoginAccount,
+    user: User | TokenHolder,
     scopes: frozenset[str],
     session_id: str,
 ) -> IssuedAccessToken:
@@ -177,7 +178,7 @@ async def _open_session(
     )
 
 
-def _expired(settings: Settings, family: AuthSession, now: datetime) -> bool:
+def _expired(settings: Settings, family: RefreshGrant, now: datetime) -> bool:
     idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
     return now >= family.expires_at or now >= family.last_used_at + idle
 
@@ -231,38 +232,36 @@ async def refresh(
         TokenReusedError: Reuse detected; the family is now revoked.
     """
     repository = SessionRepository(session)
-    found = await repository.find_token(hash_refresh_token(refresh_token))
-    if found is None:
+    grant = await repository.find_grant(hash_refresh_token(refresh_token))
+    if grant is None:
         raise InvalidRefreshTokenError
-    token, family = found
-    now = utcnow()
-    if token.rotated_at is not None:
+    user, family_id, now = grant.user, grant.session_id, utcnow()
+    if grant.rotated_at is not None:
         # A rotated token is reuse whatever the family's state; revoke once.
-        if family.revoked_at is None:
-            await _revoke_for_reuse(session, family.user_id, family.id)
+        if grant.revoked_at is None:
+            await _revoke_for_reuse(session, user.id, family_id)
         raise TokenReusedError
-    if family.revoked_at is not None or _expired(settings, family, now):
+    if grant.revoked_at is not None or _expired(settings, grant, now):
         raise InvalidRefreshTokenError
-    if not await repository.claim_rotation(token.id, now):
+    if not await repository.claim_rotation(grant.token_id, now):
         # Lost the race to rotate this very token: someone else presented it too.
-        await _revoke_for_reuse(session, family.user_id, family.id)
+        await _revoke_for_reuse(session, user.id, family_id)
         raise TokenReusedError
-    user = await UserRepository(session).get(family.user_id)
-    if user is None or not user.is_active:
-        revoked = await repository.revoke(now, "user_inactive", user_id=family.user_id)
+    if not user.is_active:
+        revoked = await repository.revoke(now, "user_inactive", user_id=user.id)
         await session.commit()
         await auth_cache.forget_sessions(session, revoked)
         raise InvalidRefreshTokenError
     next_token = new_refresh_token()
-    await repository.add_token(family.id, hash_refresh_token(next_token))
-    await repository.touch(family.id, now)
+    await repository.add_token(family_id, hash_refresh_token(next_token))
+    await repository.touch(family_id, now)
     await session.commit()
-    scopes = grant_scopes(user.role, parse_scope(family.scope))
+    scopes = grant_scopes(user.role, parse_scope(grant.scope))
     return TokenPair(
-        access=_issue_access(settings, user, scopes, family.id),
+        access=_issue_access(settings, user, scopes, family_id),
         refresh_token=next_token,
         scope=format_scope(scopes),
-        session_id=family.id,
+        session_id=family_id,
     )
 
 

@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 import time_machine
 from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.models import User
 from tests.conftest import DEFAULT_PASSWORD, bearer, login
+from tests.integration.test_access_tokens import claims_of
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/users/me"
@@ -68,6 +71,56 @@ async def test_parallel_refreshes_of_one_token_have_exactly_one_winner(
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 401} == {
         "TOKEN_REUSED"
     }
+
+
+async def test_refreshed_access_token_carries_the_users_current_claims(
+    client: AsyncClient, alice: User, engine: AsyncEngine, settings: Settings
+) -> None:
+    first = await login(client, "alice")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE users SET first_name = 'Alicia', desired_name = 'Al'"
+                " WHERE id = :id"
+            ),
+            {"id": alice.id},
+        )
+
+    rotated = (await refresh(client, first["refresh_token"])).json()
+
+    claims = claims_of(rotated["access_token"], settings)
+    assert claims["sub"] == str(alice.id)
+    assert claims["email"] == alice.email
+    assert (claims["first_name"], claims["desired_name"]) == ("Alicia", "Al")
+    assert claims["sid"] == claims_of(first["access_token"], settings)["sid"]
+    assert rotated["scope"] == first["scope"]
+
+
+async def test_refresh_for_a_user_deactivated_outside_the_api_revokes_sessions(
+    client: AsyncClient, alice: User, engine: AsyncEngine
+) -> None:
+    # An operator's UPDATE revokes nothing by itself: the refresh must notice.
+    phone, laptop = await login(client, "alice"), await login(client, "alice")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE users SET is_active = false WHERE id = :id"), {"id": alice.id}
+        )
+
+    response = await refresh(client, phone["refresh_token"])
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "INVALID_REFRESH_TOKEN"
+    async with engine.connect() as connection:
+        reasons = await connection.execute(
+            text("SELECT revoked_reason FROM auth_sessions WHERE user_id = :id"),
+            {"id": alice.id},
+        )
+        assert sorted(reasons.scalars()) == ["user_inactive", "user_inactive"]
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE users SET is_active = true WHERE id = :id"), {"id": alice.id}
+        )
+    assert (await refresh(client, laptop["refresh_token"])).status_code == 401
 
 
 async def test_unknown_refresh_token_is_401(client: AsyncClient) -> None:
