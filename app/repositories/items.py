@@ -20,6 +20,7 @@ from sqlalchemy import (
     insert,
     select,
     tuple_,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -175,6 +176,20 @@ class ItemRows:
     total: int | None  # when asked for, unless the page is empty
 
 
+_ITEM_ROW = select(*ITEMS.c).where(ITEMS.c.id == bindparam("item_id", type_=Integer()))
+# The columns to change come with each call's parameters (one compiled form
+# per set of them); the WHERE on the version read is the optimistic lock.
+_UPDATE_IF_VERSION = (
+    update(ITEMS)
+    .where(
+        ITEMS.c.id == bindparam("item_id", type_=Integer()),
+        ITEMS.c.version == bindparam("read_version", type_=Integer()),
+    )
+    .values(version=ITEMS.c.version + 1)
+    .returning(*ITEMS.c)
+)
+
+
 class ItemRepository:
     """Load and store items."""
 
@@ -185,6 +200,26 @@ class ItemRepository:
     async def get(self, item_id: int) -> Item | None:
         """The item with this id, or None."""
         return await self.session.get(Item, item_id)
+
+    async def find_row(self, item_id: int) -> dict[str, Any] | None:
+        """The item with this id as its stored columns (no entity), or None."""
+        result = await self.session.execute(_ITEM_ROW, {"item_id": item_id})
+        row = result.mappings().first()
+        return None if row is None else dict(row)
+
+    async def update_if_version(
+        self, item_id: int, read_version: int, values: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Set `values` and bump the version, only if it is still `read_version`.
+
+        Returns:
+            The stored row after the change, or None when the item has another
+            version by now (or is gone): a concurrent writer won.
+        """
+        parameters = {**values, "item_id": item_id, "read_version": read_version}
+        result = await self.session.execute(_UPDATE_IF_VERSION, parameters)
+        row = result.mappings().first()
+        return None if row is None else dict(row)
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Insert items in one statement (Core: no unit of work); rows as stored.

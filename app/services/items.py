@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -152,6 +152,11 @@ def _snapshot(item: Item) -> dict[str, Any]:
     return audit.snapshot(item, ITEM_AUDITED_FIELDS)
 
 
+def _audited(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The audited fields of a stored row (see `_snapshot` for entities)."""
+    return {field: row[field] for field in ITEM_AUDITED_FIELDS}
+
+
 async def _insert(session: AsyncSession, new: Sequence[NewItem]) -> list[ItemPublic]:
     """Insert items with their audit and outbox rows: three statements in all.
 
@@ -168,7 +173,7 @@ async def _insert(session: AsyncSession, new: Sequence[NewItem]) -> list[ItemPub
                 "item.create",
                 row["id"],
                 None,
-                {field: row[field] for field in ITEM_AUDITED_FIELDS},
+                _audited(row),
                 entry.origin,
             )
             for entry, row in zip(new, rows, strict=True)
@@ -315,8 +320,8 @@ async def read_item(
     return view
 
 
-def _check_precondition(item: Item, if_match: IfMatch | None) -> None:
-    if if_match is not None and not if_match.matches(item.version):
+def _check_precondition(version: int, if_match: IfMatch | None) -> None:
+    if if_match is not None and not if_match.matches(version):
         raise PreconditionFailedError
 
 
@@ -326,41 +331,44 @@ async def update_item(
     item_id: int,
     payload: ItemUpdate,
     if_match: IfMatch | None,
-) -> Item:
+) -> ItemPublic:
     """Change an item (owner, or `items:moderate`), bumping its version.
 
     The UPDATE only matches the version that was read, so of two racing
     writers one wins and the other is told, never silently overwritten.
+    Columns, not an entity: the change is one UPDATE ... RETURNING, without
+    the unit of work's flush planning.
 
     Raises:
         ItemNotFoundError: Missing or invisible.
         PreconditionFailedError: `If-Match` is stale (or lost a race).
         ConflictError: Lost a race without `If-Match`.
     """
-    item = await get_item(session, principal, item_id)
-    _check_precondition(item, if_match)
+    repository = ItemRepository(session)
+    row = await repository.find_row(item_id)
+    if row is None or not _can_see(principal, row["owner_id"]):
+        raise ItemNotFoundError
+    _check_precondition(row["version"], if_match)
     changes = payload.model_dump(exclude_unset=True, mode="json")
-    changes = {
-        field: value
-        for field, value in changes.items()
-        if getattr(item, field) != value
-    }
+    changes = {field: value for field, value in changes.items() if row[field] != value}
     if not changes:
-        return item
-    before = _snapshot(item)
-    for field, value in changes.items():
-        setattr(item, field, value)
-    item.updated_by_id = principal.user_id
-    item.updated_by_name = principal.display_name
-    item.updated_at = utcnow()
-    try:
-        await session.flush()
-    except StaleDataError as exc:
+        return ItemPublic.model_validate(row)
+    stamp = {
+        "updated_by_id": principal.user_id,
+        "updated_by_name": principal.display_name,
+        "updated_at": utcnow(),
+    }
+    updated = await repository.update_if_version(
+        item_id, row["version"], {**changes, **stamp}
+    )
+    if updated is None:
         await session.rollback()
-        raise _lost_race(if_match) from exc
-    await _audit(session, principal, "item.update", item.id, before, _snapshot(item))
+        raise _lost_race(if_match)
+    await _audit(
+        session, principal, "item.update", item_id, _audited(row), _audited(updated)
+    )
     await session.commit()
-    return item
+    return ItemPublic.model_validate(updated)
 
 
 def _lost_race(if_match: IfMatch | None) -> Exception:
@@ -386,7 +394,7 @@ async def delete_item(
     item = await get_item(session, principal, item_id)
     if item.owner_id != principal.user_id and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Only the owner or an administrator may delete this item")
-    _check_precondition(item, if_match)
+    _check_precondition(item.version, if_match)
     repository = ItemRepository(session)
     keys = await repository.attachment_keys(item.id)
     before = _snapshot(item)

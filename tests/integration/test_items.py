@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import Item, User
 from app.schemas.item import ItemPublic
-from tests.conftest import bearer, login, make_user
+from tests.conftest import audit_rows, bearer, login, make_user
 
 ITEMS = "/api/v1/items"
 
@@ -163,6 +164,37 @@ async def test_moderator_edit_records_the_editor(app: Any, client: AsyncClient) 
     assert data["updated_by_name"] == "Mo Derator"
     assert data["created_by_name"] == "Test User"
     assert data["owner_id"] == item["owner_id"]
+
+
+async def test_patch_answers_the_stored_item_and_audits_only_what_changed(
+    client: AsyncClient, token: str, engine: AsyncEngine
+) -> None:
+    item = await create(client, token, description="kept")
+    url = f"{ITEMS}/{item['id']}"
+
+    with time_machine.travel(timedelta(seconds=5), tick=True):
+        patched = await client.patch(
+            url, json={"title": "new", "description": "kept"}, headers=bearer(token)
+        )
+    again = await client.patch(url, json={"title": "new"}, headers=bearer(token))
+
+    stored = (await client.get(url, headers=bearer(token))).json()["data"]
+    assert patched.status_code == again.status_code == 200
+    assert patched.headers["etag"] == again.headers["etag"] == '"2"'
+    assert patched.json()["data"] == again.json()["data"] == stored
+    assert (stored["title"], stored["description"], stored["version"]) == (
+        "new",
+        "kept",
+        2,
+    )
+    assert stored["created_at"] == item["created_at"]
+    updated_at = datetime.fromisoformat(stored["updated_at"])
+    assert updated_at > datetime.fromisoformat(item["updated_at"])
+    [row] = await audit_rows(engine, action="item.update")  # none for the no-op
+    changes = row["changed_fields"]
+    if isinstance(changes, str):  # SQLite returns JSON text through raw SQL
+        changes = json.loads(changes)
+    assert changes == {"title": {"old": "Item", "new": "new"}}
 
 
 @pytest.mark.parametrize(
