@@ -14,12 +14,25 @@ from email.policy import default as default_policy
 from typing import Any
 from urllib.parse import unquote
 
+import jwt
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.config import Settings
 from app.core.logging import JsonFormatter
 from app.core.security import PasswordHasher
+
+
+def claims_of(token: str, settings: Settings) -> dict[str, Any]:
+    """The verified claims of an access token the service issued."""
+    decoded: dict[str, Any] = jwt.decode(
+        token,
+        settings.SECRET_KEY.get_secret_value(),
+        algorithms=["HS256"],
+        audience=settings.JWT_AUDIENCE,
+    )
+    return decoded
 
 
 @contextmanager

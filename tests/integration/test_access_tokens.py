@@ -17,21 +17,11 @@ from app.core.config import Settings
 from app.models import User
 from app.services import auth_cache
 from tests.conftest import bearer, login, make_user
-from tests.helpers import capture_logs
+from tests.helpers import capture_logs, claims_of
 
 ME = "/api/v1/users/me"
 # The HS512 forgery uses our 46-byte test key; PyJWT warns, the server refuses it.
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
-
-
-def claims_of(token: str, settings: Settings) -> dict[str, Any]:
-    decoded: dict[str, Any] = jwt.decode(
-        token,
-        settings.SECRET_KEY.get_secret_value(),
-        algorithms=["HS256"],
-        audience=settings.JWT_AUDIENCE,
-    )
-    return decoded
 
 
 def resign(claims: dict[str, Any], key: str, **header: str) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.models import User
 from tests.conftest import DEFAULT_PASSWORD, bearer, login
-from tests.integration.test_access_tokens import claims_of
+from tests.helpers import claims_of
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/users/me"
