@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     PASSWORD_ARGON2_TIME_COST: int = Field(default=2, ge=1)
     PASSWORD_ARGON2_MEMORY_KIB: int = Field(default=19456, ge=1024)
     PASSWORD_ARGON2_PARALLELISM: int = Field(default=1, ge=1)
-    # 0: one thread per CPU this process may use (hashing is CPU-bound).
+    # 0: one thread per CPU this process may use: its affinity mask, capped by
+    # a container CPU quota (app/core/cpus.py). Hashing is CPU-bound.
     PASSWORD_HASH_THREADS: int = Field(default=0, ge=0)
 
     DATABASE_URL: str = "sqlite+aiosqlite:///./data/app.db"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -14,6 +13,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.core.config import Settings
+from app.core.cpus import available_cpus
 
 T = TypeVar("T")
 
@@ -31,17 +31,11 @@ def _password_hash(time_cost: int, memory_kib: int, parallelism: int) -> Passwor
     )
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - macOS, Windows
-
-
 class PasswordHasher:
     """Hash and verify passwords off the event loop, on a pool of its own threads.
 
-    One thread per CPU by default (`PASSWORD_HASH_THREADS`): hashing is
+    One thread per usable CPU by default (`PASSWORD_HASH_THREADS`; a
+    container's CPU quota counts, see `app.core.cpus`): hashing is
     CPU-bound, so more threads only take turns on the same cores. Hashes that
     must wait queue inside the pool, so a thread that finishes one starts the
     next at once; with anyio's limiter the next one waited for the event loop
