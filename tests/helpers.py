@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import jwt
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -33,6 +34,21 @@ def claims_of(token: str, settings: Settings) -> dict[str, Any]:
         audience=settings.JWT_AUDIENCE,
     )
     return decoded
+
+
+@contextmanager
+def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements `engine` sends to the database inside the block."""
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 @contextmanager

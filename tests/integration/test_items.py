@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import time_machine
 from httpx import AsyncClient
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import Item, User
 from app.schemas.item import ItemPublic
 from tests.conftest import audit_rows, bearer, login, make_user
+from tests.helpers import recorded_statements
 
 ITEMS = "/api/v1/items"
 
@@ -195,6 +195,26 @@ async def test_patch_answers_the_stored_item_and_audits_only_what_changed(
     if isinstance(changes, str):  # SQLite returns JSON text through raw SQL
         changes = json.loads(changes)
     assert changes == {"title": {"old": "Item", "new": "new"}}
+
+
+async def test_patch_is_four_statements_whatever_it_changes(
+    client: AsyncClient, token: str, engine: AsyncEngine
+) -> None:
+    item = await create(client, token)
+    url = f"{ITEMS}/{item['id']}"
+    await client.get(url, headers=bearer(token))  # the access check is cached now
+
+    with recorded_statements(engine) as statements:
+        response = await client.patch(
+            url,
+            json={"title": "t", "description": "d", "status": "active"},
+            headers={**bearer(token), "If-Match": '"1"'},
+        )
+
+    assert response.status_code == 200
+    # Read the item, change it (version check included), audit row, outbox row.
+    verbs = [statement.split(None, 1)[0].upper() for statement in statements]
+    assert verbs == ["SELECT", "UPDATE", "INSERT", "INSERT"]
 
 
 @pytest.mark.parametrize(
@@ -430,18 +450,10 @@ class TestLists:
             json={"items": [{"title": f"t{i}"} for i in range(60)]},
             headers=bearer(token),
         )
-        statements: list[str] = []
-
-        def count(*args: Any) -> None:
-            statements.append(args[2])
 
         async def statements_for(query: str) -> int:
-            statements.clear()
-            event.listen(engine.sync_engine, "before_cursor_execute", count)
-            try:
+            with recorded_statements(engine) as statements:
                 response = await client.get(f"{ITEMS}?{query}", headers=bearer(token))
-            finally:
-                event.remove(engine.sync_engine, "before_cursor_execute", count)
             assert response.status_code == 200
             return len(statements)
 

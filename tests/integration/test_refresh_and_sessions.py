@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.config import Settings
 from app.models import User
 from tests.conftest import DEFAULT_PASSWORD, bearer, login
-from tests.helpers import claims_of
+from tests.helpers import claims_of, recorded_statements
 
 REFRESH = "/api/v1/auth/refresh"
 ME = "/api/v1/users/me"
@@ -94,6 +94,20 @@ async def test_refreshed_access_token_carries_the_users_current_claims(
     assert (claims["first_name"], claims["desired_name"]) == ("Alicia", "Al")
     assert claims["sid"] == claims_of(first["access_token"], settings)["sid"]
     assert rotated["scope"] == first["scope"]
+
+
+async def test_a_refresh_is_one_read_and_three_writes(
+    client: AsyncClient, alice: User, engine: AsyncEngine
+) -> None:
+    token = (await login(client, "alice"))["refresh_token"]
+
+    with recorded_statements(engine) as statements:
+        response = await refresh(client, token)
+
+    assert response.status_code == 200
+    # The token with its family and user; rotate it, add the next, touch the family.
+    verbs = [statement.split(None, 1)[0].upper() for statement in statements]
+    assert verbs == ["SELECT", "UPDATE", "INSERT", "UPDATE"]
 
 
 async def test_refresh_for_a_user_deactivated_outside_the_api_revokes_sessions(
