@@ -53,7 +53,9 @@ class Item(Base):
         Index("ix_items_owner_status_created", "owner_id", "status", "created_at"),
     )
     # Every UPDATE/DELETE says `WHERE version = <read version>`: a concurrent
-    # writer makes it match nothing (StaleDataError) instead of being overwritten.
+    # writer makes it match nothing instead of being overwritten. The ORM does
+    # this for entities (StaleDataError); PATCH's Core UPDATE says it itself
+    # (ItemRepository.update_if_version).
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy API
 
 
