@@ -178,9 +178,10 @@ async def _open_session(
     )
 
 
-def _expired(settings: Settings, family: RefreshGrant, now: datetime) -> bool:
+def _expired(settings: Settings, grant: RefreshGrant, now: datetime) -> bool:
+    """Whether the grant's family is past its absolute lifetime or idle too long."""
     idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
-    return now >= family.expires_at or now >= family.last_used_at + idle
+    return now >= grant.expires_at or now >= grant.last_used_at + idle
 
 
 async def _audit_revocation(
