@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve | migrate | create-superuser | openapi`."""
+"""Command line: `python -m app serve | migrate | create-superuser | worker | prune | openapi`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from app.database import Database, safe_url, upgrade_to_head
 from app.schemas.user import SuperuserCreate
 from app.services import accounts
 from app.services.eventing import build_event_runtime, consumer_settings
+from app.services.retention import Pruner
 from app.services.worker import StreamConsumer
 
 cli = typer.Typer(
@@ -168,6 +169,8 @@ async def _run_worker(settings: Settings, name: str) -> None:
         loop.add_signal_handler(signum, runtime.stop.set)
     runtime.start_relay()
     runtime.start_consumer(consumer)
+    if settings.PRUNE_INTERVAL_SECONDS:
+        runtime.start_pruner(Pruner(database.sessionmaker, settings))
     typer.echo(f"Worker {name} consuming {consumer.settings.stream}")
     await runtime.stop.wait()
     await runtime.shutdown()
@@ -192,6 +195,26 @@ def worker(
     configure_logging(settings.LOG_LEVEL)
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
     asyncio.run(_run_worker(settings, consumer))
+
+
+async def _prune(settings: Settings) -> dict[str, int]:
+    database = Database(settings)
+    try:
+        return await Pruner(database.sessionmaker, settings).prune()
+    finally:
+        await database.dispose()
+
+
+@cli.command()
+def prune() -> None:
+    """Delete what ended more than the retention ago (one pass; e.g. from cron)."""
+    settings = load_settings()
+    try:
+        deleted = asyncio.run(_prune(settings))
+    except (DBAPIError, OSError) as exc:
+        _database_unreachable(settings, exc)
+    for table, count in deleted.items():
+        typer.echo(f"{table}: {count} deleted")
 
 
 @cli.command()

@@ -28,6 +28,7 @@ from app.core.tokens import AccessTokenVerifier
 from app.database import Database
 from app.services.eventing import build_event_runtime
 from app.services.items import ItemCreator
+from app.services.retention import Pruner
 
 logger = logging.getLogger("app")
 
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info("startup", extra={"environment": settings.ENVIRONMENT})
         if settings.OUTBOX_RELAY_ENABLED:
             runtime.start_relay()
+        if settings.PRUNE_INTERVAL_SECONDS:
+            runtime.start_pruner(Pruner(database.sessionmaker, settings))
         # Start-up objects (modules, routes, schemas) live forever: moving them out
         # of the collector's generations makes every later full collection, and so
         # the tail latency, cheaper.

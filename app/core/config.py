@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     STORAGE_DIR: str = "./data/attachments"
     IDEMPOTENCY_TTL_HOURS: int = Field(default=24, ge=1)
 
+    # Housekeeping: what has ended is deleted after it has been kept this long.
+    PRUNE_INTERVAL_SECONDS: float = Field(default=3600.0, ge=0)
+    PRUNE_BATCH_SIZE: int = Field(default=1000, ge=1)
+    RETENTION_DAYS: int = Field(default=7, ge=0)
+    PROCESSED_EVENT_RETENTION_DAYS: int = Field(default=30, ge=1)
+
     @field_validator("BACKEND_CORS_ORIGINS", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -44,3 +44,6 @@ CIRCUIT_OPEN = Gauge(
 RATE_LIMITED = Counter(
     "rate_limited_total", "Requests refused by a rate limit", ["limit"]
 )
+ROWS_PRUNED = Counter(
+    "housekeeping_rows_deleted_total", "Ended rows deleted by housekeeping", ["table"]
+)

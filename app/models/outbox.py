@@ -57,6 +57,8 @@ class ProcessedEvent(Base):
         UniqueConstraint(
             "handler", "event_id", name="uq_processed_events_handler_event"
         ),
+        # Housekeeping deletes by age; without it every pass scans the table.
+        Index("ix_processed_events_processed_at", "processed_at"),
     )
 
 

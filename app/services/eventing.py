@@ -15,6 +15,7 @@ from app.core.email import EmailTransport
 from app.core.events import EventPublisher, InProcessPublisher, RedisStreamPublisher
 from app.services.handlers import EventDispatcher, MailSettings, build_dispatcher
 from app.services.relay import OutboxRelay
+from app.services.retention import Pruner
 from app.services.worker import ConsumerSettings, StreamConsumer
 
 logger = logging.getLogger("app.events")
@@ -22,7 +23,10 @@ logger = logging.getLogger("app.events")
 
 @dataclass
 class EventRuntime:
-    """Everything that moves events in one process, and its background tasks."""
+    """Everything that moves events in one process, and its background tasks.
+
+    Housekeeping (`start_pruner`) runs here too: it shares the tasks' lifetime.
+    """
 
     dispatcher: EventDispatcher
     relay: OutboxRelay
@@ -42,6 +46,10 @@ class EventRuntime:
     def start_consumer(self, consumer: StreamConsumer) -> None:
         """Consume the event stream in the background until `shutdown`."""
         self.tasks.append(asyncio.create_task(consumer.run(self.stop), name="consumer"))
+
+    def start_pruner(self, pruner: Pruner) -> None:
+        """Delete ended rows now and periodically until `shutdown`."""
+        self.tasks.append(asyncio.create_task(pruner.run(self.stop), name="pruner"))
 
     async def shutdown(self) -> None:
         """Stop the background tasks, letting the current pass finish."""

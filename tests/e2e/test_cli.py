@@ -167,6 +167,27 @@ def test_openapi_to_file_and_stdout(cli_env: Path, tmp_path: Path) -> None:
     assert orjson.loads(printed.stdout)["info"]["title"] == document["info"]["title"]
 
 
+def test_prune_deletes_what_ended_and_says_how_much(cli_env: Path) -> None:
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    columns = "event_id, event_type, aggregate_type, aggregate_id, payload, occurred_at"
+    with sqlite3.connect(cli_env) as db:
+        for event_id, published in (("old", "2000-01-01 00:00:00"), ("queued", None)):
+            db.execute(
+                f"INSERT INTO outbox_events ({columns}, published_at, attempts)"  # noqa: S608
+                " VALUES (?, 'item.created', 'item', '1', '{}', '2000-01-01', ?, 0)",
+                (event_id, published),
+            )
+
+    pruned = runner.invoke(cli, ["prune"])
+
+    assert pruned.exit_code == 0, pruned.output
+    assert "outbox_events: 1 deleted" in pruned.output
+    assert "auth_sessions: 0 deleted" in pruned.output
+    with sqlite3.connect(cli_env) as db:
+        left = db.execute("SELECT event_id FROM outbox_events").fetchall()
+    assert left == [("queued",)]
+
+
 def test_production_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     env = {
         key: value
