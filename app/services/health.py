@@ -21,19 +21,26 @@ class ComponentStatus:
     name: str
     ok: bool
     detail: str
+    required: bool = True
+    """Whether the instance can serve without it (Redis: yes, degraded)."""
 
 
 async def _probe(
-    name: str, check: Callable[[], Awaitable[object]], probe_timeout: float
+    name: str,
+    check: Callable[[], Awaitable[object]],
+    probe_timeout: float,
+    *,
+    required: bool = True,
 ) -> ComponentStatus:
     try:
         await asyncio.wait_for(check(), probe_timeout)
     except TimeoutError:
-        return ComponentStatus(name, False, f"no answer within {probe_timeout:g}s")
-    except Exception as exc:  # any failure means "not ready", whatever the driver
+        detail = f"no answer within {probe_timeout:g}s"
+        return ComponentStatus(name, False, detail, required)
+    except Exception as exc:  # any failure means "down", whatever the driver
         logger.warning("readiness probe failed", extra={"component": name})
-        return ComponentStatus(name, False, type(exc).__name__)
-    return ComponentStatus(name, True, "ok")
+        return ComponentStatus(name, False, type(exc).__name__, required)
+    return ComponentStatus(name, True, "ok", required)
 
 
 async def check_readiness(
@@ -65,5 +72,8 @@ async def check_readiness(
             finally:
                 await client.aclose()
 
-        probes.append(_probe("redis", redis, probe_timeout))
+        # Without Redis the API still serves (limits fail open, lockouts and the
+        # access check fall back to this process and the database): an instance
+        # taken out of rotation for it would turn a Redis outage into a full one.
+        probes.append(_probe("redis", redis, probe_timeout, required=False))
     return list(await asyncio.gather(*probes))

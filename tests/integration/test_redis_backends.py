@@ -248,5 +248,6 @@ async def test_redis_down_fails_open_for_limits_but_not_for_lockouts(
         ready = await http.get("/ready")
     assert me.status_code == 200  # the cache falls back to the database
     assert locked.status_code == 429  # counted in this process instead
-    assert ready.status_code == 503
-    assert any(d["field"] == "redis" for d in ready.json()["error"]["details"])
+    assert ready.status_code == 200  # still in rotation: it serves, degraded
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["components"]["redis"].startswith("down")

@@ -27,9 +27,12 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    """Readiness answer: every component answered."""
+    """Readiness answer: every component the instance needs answered.
 
-    status: Literal["ready"] = "ready"
+    `degraded` when an optional one (Redis) did not: the instance serves.
+    """
+
+    status: Literal["ready", "degraded"] = "ready"
     components: dict[str, str]
 
 
@@ -47,19 +50,28 @@ async def health(settings: SettingsDep) -> HealthOut:
 async def ready(
     request: Request, settings: SettingsDep, database: DatabaseDep
 ) -> ReadyOut:
-    """Answer 200 when the database (and Redis, if configured) answer in time.
+    """Answer 200 when the database answers in time, 503 when it does not.
 
-    The mail circuit breaker is reported too (`email`: closed / open /
-    half_open) but does not make the instance unready: the API still serves,
-    and queued emails wait for the mail server.
+    Redis, when configured, is probed and reported but does not make the
+    instance unready: without it the API still serves (see
+    `check_readiness`), so the answer is 200 with status `degraded` and
+    `redis: "down: <reason>"`. The mail circuit breaker is reported too
+    (`email`: closed / open / half_open): queued emails wait for the server.
     """
     statuses = await check_readiness(
         database.engine, settings.REDIS_URL, settings.READY_TIMEOUT_SECONDS
     )
     email = request.app.state.email_transport.breaker_state
-    if all(status.ok for status in statuses):
-        components = {status.name: "ok" for status in statuses}
-        return ReadyOut(components={**components, "email": email})
+    if all(status.ok for status in statuses if status.required):
+        components = {
+            status.name: "ok" if status.ok else f"down: {status.detail}"
+            for status in statuses
+        }
+        degraded = not all(status.ok for status in statuses)
+        return ReadyOut(
+            status="degraded" if degraded else "ready",
+            components={**components, "email": email},
+        )
     details: list[dict[str, Any]] = [
         {"field": status.name, "message": status.detail} for status in statuses
     ]
