@@ -33,7 +33,9 @@ class LoginRequest(StrictInput):
 class RefreshRequest(StrictInput):
     """Refresh by body; browser clients send nothing here and use the cookie."""
 
-    refresh_token: str | None = Field(default=None, max_length=512)
+    # An empty string is not "no token": it would send a cookie client's next
+    # refresh token into the body, where the page's scripts can read it.
+    refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
 
 
 class TokenResponse(BaseModel):

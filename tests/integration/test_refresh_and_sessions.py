@@ -308,6 +308,25 @@ class TestCookieMode:
         assert "refresh_token" not in good.json()
         assert good.cookies["refresh_token"] != refresh_cookie
 
+    async def test_an_empty_body_token_never_exposes_the_cookie_token(
+        self, client: AsyncClient, alice: User
+    ) -> None:
+        login_response = await self.cookie_login(client)
+        csrf = login_response.cookies["csrf_token"]
+        cookie = f"refresh_token={login_response.cookies['refresh_token']}"
+        headers = {"Cookie": f"{cookie}; csrf_token={csrf}", "X-CSRF-Token": csrf}
+
+        tricked = await client.post(REFRESH, json={"refresh_token": ""}, headers=headers)
+        normal = await client.post(REFRESH, headers=headers)
+
+        # Refused as bad input: the cookie's token is neither used nor returned...
+        assert tricked.status_code == 422
+        assert tricked.json()["error"]["details"][0]["field"] == "body.refresh_token"
+        assert "set-cookie" not in tricked.headers
+        # ...so the browser's own next refresh still works.
+        assert normal.status_code == 200, normal.text
+        assert "refresh_token" not in normal.json()
+
     async def test_no_cookie_and_no_body_is_401(self, client: AsyncClient) -> None:
         response = await client.post(REFRESH)
         assert response.status_code == 401
