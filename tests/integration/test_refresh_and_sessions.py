@@ -316,7 +316,9 @@ class TestCookieMode:
         cookie = f"refresh_token={login_response.cookies['refresh_token']}"
         headers = {"Cookie": f"{cookie}; csrf_token={csrf}", "X-CSRF-Token": csrf}
 
-        tricked = await client.post(REFRESH, json={"refresh_token": ""}, headers=headers)
+        tricked = await client.post(
+            REFRESH, json={"refresh_token": ""}, headers=headers
+        )
         normal = await client.post(REFRESH, headers=headers)
 
         # Refused as bad input: the cookie's token is neither used nor returned...
