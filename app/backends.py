@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from redis.asyncio import Redis
 
 from app.core.attempts import (
@@ -62,9 +64,12 @@ def login_attempt_store(settings: Settings, redis: Redis | None) -> LoginAttempt
     local = InMemoryLoginAttemptStore()
     if redis is None:
         return local
-    return FallbackLoginAttemptStore(
-        RedisLoginAttemptStore(redis, settings.REDIS_KEY_PREFIX), local
+    # Keys must outlive both the counting window and the longest lock.
+    retention = math.ceil(
+        max(settings.LOGIN_FAILURE_WINDOW_SECONDS, settings.LOGIN_LOCKOUT_MAX_SECONDS)
     )
+    remote = RedisLoginAttemptStore(redis, settings.REDIS_KEY_PREFIX, retention)
+    return FallbackLoginAttemptStore(remote, local)
 
 
 def auth_cache(settings: Settings, redis: Redis | None) -> AuthCache:

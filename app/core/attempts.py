@@ -1,4 +1,4 @@
-"""Failed-login counters behind an interface (in-process now; Redis can follow)."""
+"""Failed-login counters behind an interface: in-process, or Redis (see backends)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,35 @@ class AttemptState:
     locked_until: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """When an account locks, and for how long (from the `LOGIN_*` settings)."""
+
+    window: float
+    max_failures: int
+    base_seconds: float
+    max_seconds: float
+
+    def lock_seconds(self, failures: int) -> float:
+        """How long `failures` failures in the window lock the account (0: not).
+
+        Keycloak-style: from the threshold on, each failure doubles the wait.
+        """
+        if failures < self.max_failures:
+            return 0.0
+        extra = min(failures - self.max_failures, 20)
+        return min(self.base_seconds * (1 << extra), self.max_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of `begin_attempt`."""
+
+    admitted: bool
+    failures: int
+    locked_until: float
+
+
 class LoginAttemptStore(Protocol):
     """Where failure counters live; shared by all processes when it is Redis."""
 
@@ -30,6 +59,18 @@ class LoginAttemptStore(Protocol):
 
     async def add_failure(self, key: str, now: float, window: float) -> int:
         """Count one failure; return the failures in the current window."""
+        ...
+
+    async def begin_attempt(
+        self, key: str, now: float, policy: LockoutPolicy
+    ) -> Admission:
+        """Atomically: refuse while `key` is locked; else count the attempt.
+
+        The attempt counts as a failure until `reset` (a success) says
+        otherwise, and the lock it would earn by failing is set at once: so
+        concurrent attempts cannot all pass a check made before any of them
+        failed.
+        """
         ...
 
     async def lock(self, key: str, until: float) -> None:
@@ -60,15 +101,33 @@ class InMemoryLoginAttemptStore:
     async def add_failure(self, key: str, now: float, window: float) -> int:
         """Count one failure in a window that starts at the first failure."""
         async with self._lock:
+            return self._count(key, now, window).failures
+
+    async def begin_attempt(
+        self, key: str, now: float, policy: LockoutPolicy
+    ) -> Admission:
+        """Refuse while locked, else count the attempt and lock as a failure would."""
+        async with self._lock:
             state = self._states.get(key)
-            if state is None:
-                self._prune(now, window)
-                state = self._states[key] = AttemptState(window_started=now)
-            elif now - state.window_started > window:
-                state.failures = 0
-                state.window_started = now
-            state.failures += 1
-            return state.failures
+            if state is not None and state.locked_until > now:
+                return Admission(False, state.failures, state.locked_until)
+            state = self._count(key, now, policy.window)
+            wait = policy.lock_seconds(state.failures)
+            if wait:
+                state.locked_until = now + wait
+            return Admission(True, state.failures, state.locked_until)
+
+    def _count(self, key: str, now: float, window: float) -> AttemptState:
+        # Callers hold the lock.
+        state = self._states.get(key)
+        if state is None:
+            self._prune(now, window)
+            state = self._states[key] = AttemptState(window_started=now)
+        elif now - state.window_started > window:
+            state.failures = 0
+            state.window_started = now
+        state.failures += 1
+        return state
 
     async def lock(self, key: str, until: float) -> None:
         """Lock `key` until `until`."""
@@ -113,6 +172,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# ARGV: now, window, max failures, base seconds, max seconds, retention.
+_BEGIN_ATTEMPT = """
+local now = tonumber(ARGV[1])
+local locked = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+if locked > now then
+    local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+    return {0, failures, tostring(locked)}
+end
+local started = tonumber(redis.call('HGET', KEYS[1], 'window_started') or '0')
+if started == 0 or now - started > tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'failures', 0, 'window_started', ARGV[1])
+end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local threshold = tonumber(ARGV[3])
+if failures >= threshold then
+    local extra = math.min(failures - threshold, 20)
+    locked = now + math.min(tonumber(ARGV[4]) * 2 ^ extra, tonumber(ARGV[5]))
+    redis.call('HSET', KEYS[1], 'locked_until', tostring(locked))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return {1, failures, tostring(locked)}
+"""
+
 
 class RedisLoginAttemptStore:
     """Counters in Redis hashes, so every API process sees every failure."""
@@ -144,6 +226,23 @@ class RedisLoginAttemptStore:
     async def lock(self, key: str, until: float) -> None:
         """Lock `key` until `until` (never shortening a longer lock)."""
         await self.redis.eval(_LOCK, 1, self.prefix + key, repr(until), self.retention)
+
+    async def begin_attempt(
+        self, key: str, now: float, policy: LockoutPolicy
+    ) -> Admission:
+        """Check, count and provisionally lock in one atomic step (a Lua script)."""
+        admitted, failures, locked_until = await self.redis.eval(
+            _BEGIN_ATTEMPT,
+            1,
+            self.prefix + key,
+            repr(now),
+            repr(policy.window),
+            policy.max_failures,
+            repr(policy.base_seconds),
+            repr(policy.max_seconds),
+            self.retention,
+        )
+        return Admission(bool(admitted), int(failures), float(locked_until))
 
     async def reset(self, key: str) -> None:
         """Forget `key`."""
@@ -190,6 +289,16 @@ class FallbackLoginAttemptStore:
     async def lock(self, key: str, until: float) -> None:
         """Lock in Redis (or locally)."""
         await self._call("lock", key, until)
+
+    async def begin_attempt(
+        self, key: str, now: float, policy: LockoutPolicy
+    ) -> Admission:
+        """Admit through Redis (or locally); a lock set locally still holds."""
+        local = await self.fallback.get(key, now)
+        if local.locked_until > now:
+            return Admission(False, local.failures, local.locked_until)
+        admission: Admission = await self._call("begin_attempt", key, now, policy)
+        return admission
 
     async def reset(self, key: str) -> None:
         """Forget everywhere."""

@@ -121,16 +121,16 @@ async def login(
     async with database.reader.connect() as connection:
         user = await find_login_account(connection, identifier)
     account = guard.account_key(user.id if user else None, identifier)
-    await guard.check(account, client.ip)
+    failures = await guard.admit(account, client.ip)
     if user is None:
         await hasher.burn_verify_time(password)
-        await guard.record_failure(account, client.ip, "unknown_account")
+        await guard.record_failure(account, client.ip, "unknown_account", failures)
         raise InvalidCredentialsError
     valid, upgraded_hash = await hasher.verify_and_update(
         password, user.hashed_password
     )
     if not valid:
-        await guard.record_failure(account, client.ip, "wrong_password")
+        await guard.record_failure(account, client.ip, "wrong_password", failures)
         raise InvalidCredentialsError
     if not user.is_active:
         raise AccountDisabledError

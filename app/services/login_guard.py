@@ -7,7 +7,7 @@ import logging
 import math
 import time
 
-from app.core.attempts import LoginAttemptStore
+from app.core.attempts import LockoutPolicy, LoginAttemptStore
 from app.core.config import Settings
 from app.core.exceptions import AccountLockedError, TooManyRequestsError
 
@@ -26,6 +26,12 @@ class LoginGuard:
         """Use `store` for the counters and `settings` for the policy."""
         self.store = store
         self.settings = settings
+        self.policy = LockoutPolicy(
+            window=settings.LOGIN_FAILURE_WINDOW_SECONDS,
+            max_failures=settings.LOGIN_MAX_FAILURES,
+            base_seconds=settings.LOGIN_LOCKOUT_BASE_SECONDS,
+            max_seconds=settings.LOGIN_LOCKOUT_MAX_SECONDS,
+        )
 
     @staticmethod
     def account_key(user_id: int | None, identifier: str) -> str:
@@ -42,40 +48,49 @@ class LoginGuard:
         """Counter key of a client address."""
         return f"ip:{ip or 'unknown'}"
 
-    async def check(self, account: str, ip: str | None) -> None:
-        """Refuse the attempt when the account or the client IP is locked.
+    async def admit(self, account: str, ip: str | None) -> int:
+        """Let one attempt on `account` from `ip` check a password, or refuse it.
+
+        The attempt is counted as a failure before the password is checked,
+        and the lock that failure would earn is set already (a success clears
+        both, `record_success`): a burst of concurrent guesses gets no more
+        tries than guesses sent one by one. An attempt that never finishes
+        (cancelled, crashed) stays counted: the guard errs towards locking.
+
+        Returns:
+            The account's failures in the window, this attempt included.
 
         Raises:
-            AccountLockedError: The account is locked (429 with Retry-After).
             TooManyRequestsError: This IP failed too often within the window.
+            AccountLockedError: The account is locked (429 with Retry-After).
         """
         now = time.time()
-        state = await self.store.get(account, now)
-        if state.locked_until > now:
-            raise AccountLockedError(math.ceil(state.locked_until - now))
         client = await self.store.get(self.ip_key(ip), now)
         if client.locked_until > now:
             raise TooManyRequestsError(
                 math.ceil(client.locked_until - now),
                 "Too many failed login attempts from this address",
             )
+        admission = await self.store.begin_attempt(account, now, self.policy)
+        if not admission.admitted:
+            raise AccountLockedError(math.ceil(admission.locked_until - now))
+        return admission.failures
 
-    async def record_failure(self, account: str, ip: str | None, reason: str) -> None:
-        """Count a failure for the account and the IP; lock when over the limits."""
+    async def record_failure(
+        self, account: str, ip: str | None, reason: str, failures: int
+    ) -> None:
+        """Count the failure for the IP (the account's was counted by `admit`).
+
+        Args:
+            account: The account key.
+            ip: The client address.
+            reason: Why it failed, for the security log.
+            failures: What `admit` returned for this attempt.
+        """
         now = time.time()
-        settings = self.settings
-        window = settings.LOGIN_FAILURE_WINDOW_SECONDS
-        failures = await self.store.add_failure(account, now, window)
-        if failures >= settings.LOGIN_MAX_FAILURES:
-            # Keycloak-style: each failure beyond the threshold doubles the wait.
-            extra = failures - settings.LOGIN_MAX_FAILURES
-            wait = min(
-                settings.LOGIN_LOCKOUT_BASE_SECONDS * 2 ** min(extra, 20),
-                settings.LOGIN_LOCKOUT_MAX_SECONDS,
-            )
-            await self.store.lock(account, now + wait)
+        window = self.settings.LOGIN_FAILURE_WINDOW_SECONDS
         ip_failures = await self.store.add_failure(self.ip_key(ip), now, window)
-        if ip_failures >= settings.LOGIN_IP_MAX_FAILURES:
+        if ip_failures >= self.settings.LOGIN_IP_MAX_FAILURES:
             await self.store.lock(self.ip_key(ip), now + window)
         security_log.warning(
             "login_failed",
@@ -89,5 +104,5 @@ class LoginGuard:
         )
 
     async def record_success(self, account: str) -> None:
-        """A successful login clears the account's counter."""
+        """A successful login clears the account's counter and provisional lock."""
         await self.store.reset(account)

@@ -298,13 +298,15 @@ async def change_password(
     # Committing keeps `user` loaded (no expiry on commit).
     await session.commit()
     account = guard.account_key(user.id, user.email)
-    await guard.check(account, client_ip)
+    failures = await guard.admit(account, client_ip)
     valid, _ = await hasher.verify_and_update(
         payload.current_password, user.hashed_password
     )
     if not valid:
-        await guard.record_failure(account, client_ip, "wrong_current_password")
+        reason = "wrong_current_password"
+        await guard.record_failure(account, client_ip, reason, failures)
         raise InvalidCurrentPasswordError
+    await guard.record_success(account)
     ensure_password_avoids_email(user.email, payload.new_password)
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = await hasher.hash(payload.new_password)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -59,6 +60,22 @@ async def test_lock_expires_and_the_wait_grows(
         relocked = await attempt(client, "alice")
         assert relocked.status_code == 429
         assert 60 < int(relocked.headers["retry-after"]) <= 120  # doubled
+
+
+async def test_a_burst_of_guesses_gets_no_more_tries_than_guesses_one_by_one(
+    app: Any, client: AsyncClient, alice: User
+) -> None:
+    allowed = app.state.settings.LOGIN_MAX_FAILURES
+    guesses = [f"Wrong-Guess-{n}" for n in range(20)] + [DEFAULT_PASSWORD]
+
+    answers = await asyncio.gather(*(attempt(client, "alice", p) for p in guesses))
+
+    statuses = [answer.status_code for answer in answers]
+    # Only `allowed` of the 21 were checked against the hash; the rest were
+    # refused as locked, the right password included.
+    assert len([s for s in statuses if s in (200, 401)]) == allowed
+    assert statuses.count(429) == len(guesses) - allowed
+    assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 429
 
 
 async def test_success_resets_the_counter(client: AsyncClient, alice: User) -> None:

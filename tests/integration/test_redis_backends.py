@@ -212,6 +212,44 @@ async def test_lockouts_are_shared_between_processes(make_app: AppFactory) -> No
     assert locked.json()["error"]["code"] == "ACCOUNT_LOCKED"
 
 
+async def test_concurrent_guesses_across_processes_share_one_allowance(
+    make_app: AppFactory,
+) -> None:
+    first, second = make_app(), make_app()
+    await make_user(first, "target")
+    allowed = first.state.settings.LOGIN_MAX_FAILURES
+    async with client_for(first) as a, client_for(second) as b:
+        answers = await asyncio.gather(
+            *(
+                (a if index % 2 else b).post(
+                    "/api/v1/auth/login",
+                    data={"username": "target", "password": f"Wrong-{index}"},
+                )
+                for index in range(12)
+            )
+        )
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(401) == allowed
+    assert statuses.count(429) == 12 - allowed
+
+
+async def test_lockout_keys_outlive_a_long_window_and_lock(
+    make_app: AppFactory, prefix: str
+) -> None:
+    app = make_app(LOGIN_FAILURE_WINDOW_SECONDS=7200, LOGIN_LOCKOUT_MAX_SECONDS=5400)
+    await make_user(app, "target")
+    async with client_for(app) as http:
+        await http.post(
+            "/api/v1/auth/login", data={"username": "target", "password": "Wrong-1"}
+        )
+    redis = app.state.redis
+    keys = [key async for key in redis.scan_iter(f"{prefix}login:*")]
+    ttls = [await redis.ttl(key) for key in keys]
+    # Not the old fixed hour: a lock or window longer than that was forgotten early.
+    assert len(ttls) == 2  # the account's counter and the address's
+    assert all(ttl > 3600 for ttl in ttls), ttls
+
+
 async def test_a_logout_is_honoured_by_every_process_at_once(
     make_app: AppFactory,
 ) -> None:
