@@ -66,6 +66,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             settings.DATABASE_URL,
             echo=settings.DB_ECHO,
+            # Statement errors (and tracebacks in the log) never carry the values:
+            # they are password hashes, emails, phone numbers.
+            hide_parameters=True,
             poolclass=FairAsyncQueuePool,
             # Each aiosqlite connection owns a thread: open a fixed set once and
             # queue for them, instead of opening (and closing) overflow ones.
@@ -84,6 +87,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         settings.DATABASE_URL,
         echo=settings.DB_ECHO,
+        hide_parameters=True,  # as above
         poolclass=FairAsyncQueuePool,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,

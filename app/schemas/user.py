@@ -68,7 +68,11 @@ Username = Annotated[
 PersonName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
 ]
-Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=_PHONE_PATTERN)]
+Phone = Annotated[
+    str,
+    # The pattern alone allows 21 characters with a leading "+"; the column holds 20.
+    StringConstraints(strip_whitespace=True, max_length=20, pattern=_PHONE_PATTERN),
+]
 Age = Annotated[int, Field(ge=18, le=120)]
 
 

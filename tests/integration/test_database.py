@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.config import Settings
@@ -75,3 +76,16 @@ async def test_read_session_refuses_writes(app: Any, alice: User) -> None:
         stored = await session.get(User, alice.id)
     assert stored is not None
     assert stored.first_name == alice.first_name
+
+
+async def test_database_errors_never_carry_the_values(app: Any) -> None:
+    # A failed statement's message reaches the error log with its traceback:
+    # the values (password hashes, emails, phones) must not be in it.
+    secret = "$argon2id$v=19$m=19456,t=2,p=1$not-for-logs"
+    async with app.state.database.engine.connect() as connection:
+        with pytest.raises(DBAPIError) as caught:
+            await connection.execute(
+                text("SELECT * FROM no_such_table WHERE x = :value"), {"value": secret}
+            )
+    assert secret not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)

@@ -208,3 +208,14 @@ async def test_optional_fields_may_be_omitted(
     assert response.status_code == 201
     data = response.json()["data"]
     assert (data["desired_name"], data["phone"], data["age"]) == (None, None, None)
+
+
+async def test_a_phone_longer_than_stored_is_refused_not_a_500(
+    client: AsyncClient, signup_payload: dict[str, Any]
+) -> None:
+    # 21 characters match the pattern; the column holds 20 (PostgreSQL enforces it).
+    response = await client.post(
+        SIGNUP, json={**signup_payload, "phone": "+12345678901234567890"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "body.phone"

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from sqlalchemy import String
 from sqlalchemy.dialects import sqlite
 
-from app.models import User
+from app.models import Item, User
 from app.models.base import UTCDateTime
+from app.schemas.item import ItemCreate, ItemUpdate
+from app.schemas.user import (
+    ProfileUpdate,
+    SuperuserCreate,
+    UserCreateByAdmin,
+    UserSignup,
+    UserUpdate,
+)
 
 dialect = sqlite.dialect()
 
@@ -47,3 +57,43 @@ def test_display_name(
         email="a@example.com", desired_name=desired, first_name=first, last_name=last
     )
     assert user.display_name == expected
+
+
+def _max_length(field_schema: dict[str, Any]) -> int | None:
+    """`maxLength` of a string field's JSON schema, also inside `anyOf` (optional)."""
+    for option in [field_schema, *field_schema.get("anyOf", [])]:
+        if option.get("type") == "string" and "maxLength" in option:
+            return int(option["maxLength"])
+    return None
+
+
+@pytest.mark.parametrize(
+    ("schema", "model"),
+    [
+        (UserSignup, User),
+        (SuperuserCreate, User),
+        (ProfileUpdate, User),
+        (UserUpdate, User),
+        (UserCreateByAdmin, User),
+        (ItemCreate, Item),
+        (ItemUpdate, Item),
+    ],
+)
+def test_every_accepted_string_fits_its_column(schema: Any, model: Any) -> None:
+    # SQLite stores any length, PostgreSQL refuses: a value the schema accepts
+    # but the column cannot hold was a 500 on PostgreSQL only.
+    columns = model.__table__.columns
+    properties = schema.model_json_schema()["properties"]
+    checked = 0
+    for name, field_schema in properties.items():
+        if name not in columns or not isinstance(columns[name].type, String):
+            continue
+        length = columns[name].type.length
+        options = [field_schema, *field_schema.get("anyOf", [])]
+        if any("$ref" in option or "enum" in option for option in options):
+            continue  # enums: their values are short by construction
+        accepted = _max_length(field_schema)
+        assert accepted is not None, f"{schema.__name__}.{name} has no max length"
+        assert accepted <= length, f"{schema.__name__}.{name}: {accepted} > {length}"
+        checked += 1
+    assert checked
