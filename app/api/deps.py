@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core import metrics
 from app.core.config import Settings
+from app.core.domain import MAX_ID
 from app.core.exceptions import (
     InsufficientScopeError,
     InvalidTokenError,
@@ -210,7 +211,4 @@ async def get_storage(request: Request) -> FileStorage:
 StorageDep = Annotated[FileStorage, Depends(get_storage)]
 
 
-# Database ids are 64-bit: a larger number in a path is simply not found (422
-# here), not an overflow inside the driver.
-MAX_ID = 2**63 - 1
 ResourceId = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -9,7 +9,6 @@ OpenAPI document still lists every parameter, and errors still name
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import Query
@@ -17,17 +16,17 @@ from pydantic import BaseModel, Field
 
 from app.core.domain import ItemStatus
 from app.schemas.item import ItemFilters, SortField, SortOrder
-from app.schemas.user import QueryText
+from app.schemas.user import QueryText, QueryTime
 
 
 class ItemListQuery(BaseModel):
     """Filters, ordering and keyset paging of an item list."""
 
     status: ItemStatus | None = None
-    created_after: datetime | None = Field(
+    created_after: QueryTime | None = Field(
         default=None, description="Created at or after (ISO 8601, with zone)"
     )
-    created_before: datetime | None = Field(
+    created_before: QueryTime | None = Field(
         default=None, description="Created before (ISO 8601, with zone)"
     )
     q: QueryText | None = Field(

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+MAX_ID = 2**31 - 1
+"""The largest id a table holds (INTEGER on PostgreSQL, 32-bit).
+
+Ids from outside (paths, filters, cursors) are checked against it, so a larger
+number is a 422 instead of an overflow inside the driver (a 500).
+"""
+
 
 class ItemStatus(StrEnum):
     """Lifecycle of an item."""

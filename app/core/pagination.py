@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from app.core.domain import MAX_ID
 from app.core.exceptions import AppError
 
 
@@ -54,6 +55,8 @@ class Cursor:
             made_sort, made_order, value, last_id = data
             if not isinstance(value, str) or not isinstance(last_id, int):
                 raise TypeError
+            if not 1 <= last_id <= MAX_ID:
+                raise ValueError
             parsed: str | datetime = datetime.fromisoformat(value) if is_time else value
         except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
             raise InvalidCursorError("malformed cursor") from exc

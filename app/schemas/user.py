@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -101,6 +102,18 @@ def reject_nul(value: str) -> str:
 
 # Free text from query strings (search prefixes, filters).
 QueryText = Annotated[str, AfterValidator(reject_nul)]
+
+
+def _storable_instant(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+14:00 is before year 1
+        raise ValueError("date out of range") from exc
+
+
+# A moment from a query string: with its zone (a naive time means nothing to a
+# service whose clients are anywhere), and one that exists in UTC.
+QueryTime = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
 
 
 class StrictInput(BaseModel):

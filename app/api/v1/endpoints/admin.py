@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import MAX_ID, ReadSessionDep, require
+from app.api.deps import ReadSessionDep, require
+from app.core.domain import MAX_ID
 from app.core.exceptions import ERROR_RESPONSE
 from app.core.principal import Principal
 from app.core.scopes import ADMIN_ALL
 from app.schemas.audit import AuditEntryPublic, AuditFilters
 from app.schemas.envelope import Envelope, Page
-from app.schemas.user import QueryText
+from app.schemas.user import QueryText, QueryTime
 from app.services import audit
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -32,8 +32,8 @@ async def list_audit(
     entity_type: Annotated[QueryText | None, Query(max_length=50)] = None,
     entity_id: Annotated[QueryText | None, Query(max_length=64)] = None,
     action: Annotated[QueryText | None, Query(max_length=50)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryTime | None = None,
+    until: QueryTime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Envelope[Page[AuditEntryPublic]]:

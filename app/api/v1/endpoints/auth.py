@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -300,6 +300,11 @@ async def list_sessions(
     )
 
 
+# Session ids are uuid4 hex: anything else (a NUL byte was a 500 on
+# PostgreSQL) is bad input, not a lookup.
+SessionId = Annotated[str, Path(pattern="^[0-9a-f]{32}$")]
+
+
 @router.delete(
     "/sessions/{session_id}",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -310,7 +315,7 @@ async def list_sessions(
     },
 )
 async def revoke_session(
-    session_id: str, principal: CurrentPrincipal, session: SessionDep
+    session_id: SessionId, principal: CurrentPrincipal, session: SessionDep
 ) -> None:
     """Revoke a session of the caller's (e.g. a lost device)."""
     await auth.revoke_session(session, principal, session_id)

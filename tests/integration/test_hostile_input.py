@@ -1,0 +1,77 @@
+"""Values no column can hold are bad input (4xx in the envelope), never a 500.
+
+SQLite stores almost anything; PostgreSQL refuses ids past 32 bits, NUL bytes
+and dates outside its range inside the driver. Each case here was a 500 on
+PostgreSQL (some on SQLite too) before the API checked it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+from httpx import AsyncClient
+
+from app.models import User
+from tests.conftest import bearer, login
+
+TOO_BIG = 2**31  # one past the largest INTEGER id
+
+
+@pytest.fixture
+async def admin_headers(client: AsyncClient, admin: User) -> dict[str, str]:
+    return bearer((await login(client, "root"))["access_token"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/api/v1/items/{TOO_BIG}"),
+        ("PATCH", f"/api/v1/items/{TOO_BIG}"),
+        ("DELETE", f"/api/v1/items/{TOO_BIG}"),
+        ("GET", f"/api/v1/items/{TOO_BIG}/attachments"),
+        ("GET", f"/api/v1/users/{TOO_BIG}"),
+        ("DELETE", f"/api/v1/users/{TOO_BIG}"),
+        ("GET", f"/api/v1/users/{TOO_BIG}/items"),
+        ("GET", f"/api/v1/admin/audit?actor_id={TOO_BIG}"),
+        ("DELETE", "/api/v1/auth/sessions/%00abc"),
+        ("GET", "/api/v1/items?created_after=2020-01-01T00:00:00"),
+        ("GET", "/api/v2/items?created_before=2020-01-01T00:00:00"),
+        ("GET", "/api/v1/admin/audit?since=2020-01-01T00:00:00"),
+        ("GET", "/api/v1/items?created_after=0001-01-01T00:00:00%2B14:00"),
+        ("GET", "/api/v1/admin/audit?until=9999-12-31T23:00:00-14:00"),
+    ],
+)
+async def test_unstorable_values_are_422(
+    client: AsyncClient, admin_headers: dict[str, str], method: str, path: str
+) -> None:
+    response = await client.request(
+        method, path, headers={**admin_headers, "If-Match": '"1"'}, json={"title": "t"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def _cursor(last_id: Any) -> str:
+    raw = orjson.dumps(["created_at", "desc", "2026-01-01T00:00:00+00:00", last_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("last_id", [2**63, TOO_BIG, 0, -1])
+async def test_a_cursor_with_an_impossible_id_is_refused(
+    client: AsyncClient, admin_headers: dict[str, str], last_id: int
+) -> None:
+    response = await client.get(
+        "/api/v1/items", params={"cursor": _cursor(last_id)}, headers=admin_headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "query.cursor"
+
+
+async def test_the_largest_id_is_still_just_not_found(
+    client: AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    response = await client.get(f"/api/v1/items/{TOO_BIG - 1}", headers=admin_headers)
+    assert response.status_code == 404
