@@ -240,6 +240,15 @@ class ItemRepository:
         statement = select(Attachment.storage_key).where(Attachment.item_id == item_id)
         return list((await self.session.execute(statement)).scalars().all())
 
+    async def owner_attachment_keys(self, owner_id: int) -> list[str]:
+        """Storage keys of every attachment of an owner's items."""
+        statement = (
+            select(Attachment.storage_key)
+            .join(Item, Item.id == Attachment.item_id)
+            .where(Item.owner_id == owner_id)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
 
 class ItemPages:
     """Pages of an owner's items, read on a plain connection.

@@ -142,14 +142,17 @@ class SessionRepository:
         result = await self.session.execute(statement)
         return list(result.scalars().all())
 
-    async def list_active(self, user_id: int, now: datetime) -> Sequence[AuthSession]:
-        """A user's families that are neither revoked nor past their lifetime."""
+    async def list_active(
+        self, user_id: int, now: datetime, used_after: datetime
+    ) -> Sequence[AuthSession]:
+        """A user's families that are not revoked, expired, or idle since `used_after`."""
         statement = (
             select(AuthSession)
             .where(
                 AuthSession.user_id == user_id,
                 AuthSession.revoked_at.is_(None),
                 AuthSession.expires_at > now,
+                AuthSession.last_used_at > used_after,
             )
             .order_by(AuthSession.last_used_at.desc())
         )

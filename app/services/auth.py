@@ -303,10 +303,13 @@ async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
 
 
 async def list_sessions(
-    session: AsyncSession, principal: Principal
+    session: AsyncSession, settings: Settings, principal: Principal
 ) -> Sequence[AuthSession]:
-    """The caller's active sessions, most recently used first."""
-    return await SessionRepository(session).list_active(principal.user_id, utcnow())
+    """The caller's sessions that can still refresh, most recently used first."""
+    now = utcnow()
+    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    repository = SessionRepository(session)
+    return await repository.list_active(principal.user_id, now, now - idle)
 
 
 async def revoke_session(

@@ -18,8 +18,11 @@ from app.core.exceptions import (
 from app.core.principal import Principal
 from app.core.scopes import ADMIN_ALL, USERS_DELETE, USERS_READ, USERS_WRITE
 from app.core.security import PasswordHasher
+from app.core.storage import FileStorage
 from app.models.base import utcnow
 from app.models.user import User
+from app.repositories import action_tokens
+from app.repositories.items import ItemRepository
 from app.repositories.sessions import SessionRepository
 from app.repositories.users import UserRepository, list_users
 from app.schemas.user import (
@@ -33,6 +36,7 @@ from app.schemas.user import (
 )
 from app.services import audit, auth_cache, events
 from app.services.accounts import insert_and_commit
+from app.services.handlers import PASSWORD_RESET
 from app.services.login_guard import LoginGuard
 
 
@@ -221,9 +225,17 @@ async def create_user(
 
 
 async def delete_user(
-    session: AsyncSession, principal: Principal, user_id: int, *, hard: bool
+    session: AsyncSession,
+    principal: Principal,
+    storage: FileStorage,
+    user_id: int,
+    *,
+    hard: bool,
 ) -> None:
     """Deactivate a user and revoke their sessions, or delete the row (`admin:all`).
+
+    A hard delete takes the user's items and their attachments with it, the
+    stored files included.
 
     Raises:
         UserNotFoundError: Unknown user.
@@ -239,7 +251,9 @@ async def delete_user(
     if user.id == principal.user_id:
         raise ConflictError("You cannot delete your own account this way")
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
+    files: list[str] = []
     if hard:
+        files = await ItemRepository(session).owner_attachment_keys(user.id)
         await repository.delete(user)
         await audit.record(
             session,
@@ -266,6 +280,8 @@ async def delete_user(
         await _emit_status(session, user)
     await session.commit()
     await auth_cache.forget_user(session, user_id)
+    for key in files:  # after the commit: a failed commit must not lose files
+        await storage.delete(key)
 
 
 async def search_users(
@@ -310,8 +326,12 @@ async def change_password(
     ensure_password_avoids_email(user.email, payload.new_password)
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = await hasher.hash(payload.new_password)
+    now = utcnow()
+    # A reset link mailed before the change must not undo it (a stolen mailbox
+    # would otherwise outlive the new password).
+    await action_tokens.consume_all(session, user.id, PASSWORD_RESET, now)
     revoked = await SessionRepository(session).revoke(
-        utcnow(),
+        now,
         "password_changed",
         user_id=user.id,
         keep_session_id=principal.session_id,

@@ -433,15 +433,46 @@ class TestEmailFlows:
         assert response.json()["error"]["code"] == "INVALID_OR_EXPIRED_TOKEN"
         assert hashed == []
 
-    async def test_expired_reset_token(
+    @pytest.fixture
+    async def reset_link(
         self,
         mail_app: Any,
         http: AsyncClient,
         sink: MailSink,
         signup_payload: dict[str, Any],
-    ) -> None:
+    ) -> str:
+        """Ada signed up and asked for a reset: the token of the mailed link."""
         await http.post(SIGNUP, json=signup_payload)
-        link_token = await emailed_reset_token(mail_app, http, sink)
+        return await emailed_reset_token(mail_app, http, sink)
+
+    async def test_a_password_change_retires_an_emailed_reset_link(
+        self, http: AsyncClient, reset_link: str
+    ) -> None:
+        link_token = reset_link
+        session = await login(http, "ada", "Analytical1")
+        changed = await http.post(
+            "/api/v1/users/me/password",
+            json={
+                "current_password": "Analytical1",
+                "new_password": "Owner-Chose-This-9",
+                "confirm_password": "Owner-Chose-This-9",
+            },
+            headers=bearer(session["access_token"]),
+        )
+        assert changed.status_code == 204, changed.text
+
+        late = await http.post(
+            "/api/v1/auth/password-reset/confirm", json=reset_body(link_token)
+        )
+
+        assert late.status_code == 400
+        assert late.json()["error"]["code"] == "INVALID_OR_EXPIRED_TOKEN"
+        await login(http, "ada", "Owner-Chose-This-9")  # the change stands
+
+    async def test_expired_reset_token(
+        self, http: AsyncClient, reset_link: str
+    ) -> None:
+        link_token = reset_link
         with time_machine.travel(timedelta(minutes=61), tick=True):
             response = await http.post(
                 "/api/v1/auth/password-reset/confirm", json=reset_body(link_token)

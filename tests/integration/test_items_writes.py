@@ -35,6 +35,12 @@ async def token(client: AsyncClient, alice: User) -> str:
     return str((await login(client, "alice"))["access_token"])
 
 
+@pytest.fixture
+async def bob_token(app: Any, client: AsyncClient) -> str:
+    await make_user(app, "bob")
+    return str((await login(client, "bob"))["access_token"])
+
+
 async def count_items(client: AsyncClient, token: str) -> int:
     response = await client.get(ITEMS, headers=bearer(token))
     total: int = response.json()["data"]["total"]
@@ -314,6 +320,31 @@ class TestAttachments:
         assert (await client.delete(url, headers=bearer(token))).status_code == 204
         assert (await client.get(url, headers=bearer(token))).status_code == 404
         assert not [p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]
+
+    async def test_a_hard_deleted_owner_takes_their_files_along(
+        self,
+        client: AsyncClient,
+        token: str,
+        settings: Settings,
+        admin: User,
+        bob_token: str,
+    ) -> None:
+        for owner_token in (token, token, bob_token):
+            item_id = await self.item(client, owner_token)
+            uploaded = await self.upload(client, owner_token, item_id, "r.pdf", PDF)
+            assert uploaded.status_code == 201
+        root = (await login(client, "root"))["access_token"]
+        me = await client.get("/api/v1/users/me", headers=bearer(token))
+
+        deleted = await client.delete(
+            f"/api/v1/users/{me.json()['data']['id']}?hard=true", headers=bearer(root)
+        )
+
+        assert deleted.status_code == 204
+        # Only bob's file is left on disk.
+        assert (
+            len([p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]) == 1
+        )
 
     @pytest.mark.parametrize(
         ("data", "declared"),

@@ -165,6 +165,22 @@ async def test_idle_timeout_and_absolute_lifetime(
         assert (await refresh(client, token)).status_code == 401
 
 
+async def test_sessions_list_leaves_out_the_idle_ones(
+    client: AsyncClient, alice: User, settings: Settings
+) -> None:
+    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    await login(client, "alice")  # never used again
+    kept = (await login(client, "alice"))["refresh_token"]
+    with time_machine.travel(idle - timedelta(hours=1), tick=True):
+        kept = (await refresh(client, kept)).json()["refresh_token"]
+    with time_machine.travel(idle + timedelta(minutes=1), tick=True):
+        access = (await refresh(client, kept)).json()["access_token"]
+        listed = await client.get("/api/v1/auth/sessions", headers=bearer(access))
+
+    # The first one can no longer refresh, so it is not offered for revoking.
+    assert [s["current"] for s in listed.json()["data"]] == [True]
+
+
 async def test_logout_kills_this_session_only(client: AsyncClient, alice: User) -> None:
     phone = await login(client, "alice")
     laptop = await login(client, "alice")

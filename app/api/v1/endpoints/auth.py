@@ -286,10 +286,10 @@ async def logout_all(
 
 @router.get("/sessions", summary="My active sessions", responses=AUTH_ERRORS)
 async def list_sessions(
-    principal: CurrentPrincipal, session: ReadSessionDep
+    principal: CurrentPrincipal, session: ReadSessionDep, settings: SettingsDep
 ) -> Envelope[list[SessionPublic]]:
     """Sessions that can still refresh, most recently used first."""
-    families = await auth.list_sessions(session, principal)
+    families = await auth.list_sessions(session, settings, principal)
     return Envelope(
         data=[
             SessionPublic.model_validate(family).model_copy(

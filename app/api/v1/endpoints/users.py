@@ -14,6 +14,7 @@ from app.api.deps import (
     ReadSessionDep,
     ResourceId,
     SessionDep,
+    StorageDep,
     require,
 )
 from app.core.exceptions import COMMON_ERROR_RESPONSES, ERROR_RESPONSE
@@ -161,9 +162,10 @@ async def delete_user(
     user_id: ResourceId,
     session: SessionDep,
     principal: Annotated[Principal, require(USERS_DELETE)],
+    storage: StorageDep,
     hard: Annotated[
         bool, Query(description="Delete the row (needs admin:all)")
     ] = False,
 ) -> None:
-    """Deactivate and revoke sessions; `hard=true` deletes the row."""
-    await users.delete_user(session, principal, user_id, hard=hard)
+    """Deactivate and revoke sessions; `hard=true` deletes the row, items, files."""
+    await users.delete_user(session, principal, storage, user_id, hard=hard)
