@@ -91,6 +91,7 @@ def serve(
         access_log=False,
         server_header=False,
         proxy_headers=True,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
     )
 
 

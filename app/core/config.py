@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     METRICS_ENABLED: bool = True
     METRICS_TOKEN: SecretStr | None = None
 
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (`serve`):
+    # the load balancer's addresses, comma-separated. Client IPs drive rate
+    # limits, lockouts, sessions and the audit log: behind a proxy not listed
+    # here every client is the proxy, and "*" lets any client choose its IP.
+    FORWARDED_ALLOW_IPS: str = "127.0.0.1"
     BACKEND_CORS_ORIGINS: Annotated[list[str], NoDecode] = []
     MAX_REQUEST_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     READY_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
