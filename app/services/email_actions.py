@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import events as event_types
 from app.core.exceptions import AppError
@@ -18,6 +20,8 @@ from app.services import audit, auth_cache, events
 from app.services.handlers import EMAIL_VERIFICATION, PASSWORD_RESET
 from app.services.login_guard import LoginGuard
 from app.services.users import PasswordLikeEmailError, ensure_password_avoids_email
+
+logger = logging.getLogger("app.email")
 
 
 class InvalidActionTokenError(AppError):
@@ -107,6 +111,21 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
         session, event_types.USER_PASSWORD_RESET_REQUESTED, user.id
     )
     await session.commit()
+
+
+async def request_password_reset_after_answer(
+    sessionmaker: async_sessionmaker[AsyncSession], email: str
+) -> None:
+    """`request_password_reset` run after the 202 went out (a background task).
+
+    A known account costs a write and a commit that an unknown one does not:
+    done before answering, the response time told which emails have accounts.
+    """
+    try:
+        async with sessionmaker() as session:
+            await request_password_reset(session, email)
+    except Exception:  # nobody is waiting for it: log, never raise into the server
+        logger.exception("password reset request failed")
 
 
 async def confirm_password_reset(

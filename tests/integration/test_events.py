@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 import time_machine
 from httpx import ASGITransport, AsyncClient
@@ -30,7 +31,13 @@ from tests.conftest import (
     make_user,
     truncate_all,
 )
-from tests.helpers import MailSink, body_text, mail_sink, token_from
+from tests.helpers import (
+    MailSink,
+    body_text,
+    mail_sink,
+    recorded_statements,
+    token_from,
+)
 
 SIGNUP = "/api/v1/auth/signup"
 
@@ -284,6 +291,38 @@ async def emailed_reset_token(app: Any, http: AsyncClient, sink: MailSink) -> st
     )
 
 
+RESET_REQUEST = "/api/v1/auth/password-reset/request"
+
+
+def _post_scope(path: str, body: bytes) -> dict[str, Any]:
+    """A raw ASGI scope of a JSON POST (to watch what the app sends, and when)."""
+    headers = [(b"host", b"testserver"), (b"content-type", b"application/json")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("203.0.113.7", 40000),
+        "server": ("testserver", 80),
+    }
+
+
+async def outbox_rows(app: Any) -> list[str]:
+    """Event types in the outbox, oldest first."""
+    async with app.state.database.engine.connect() as connection:
+        result = await connection.execute(
+            text("SELECT event_type FROM outbox_events ORDER BY id")
+        )
+        return list(result.scalars())
+
+
 def reset_body(token: str, password: str = "Fresh-Start-42") -> dict[str, str]:
     """The body of a password-reset confirmation."""
     return {"token": token, "new_password": password, "confirm_password": password}
@@ -444,6 +483,37 @@ class TestEmailFlows:
         """Ada signed up and asked for a reset: the token of the mailed link."""
         await http.post(SIGNUP, json=signup_payload)
         return await emailed_reset_token(mail_app, http, sink)
+
+    @pytest.mark.parametrize("email", ["ada.lovelace@example.com", "no@example.com"])
+    async def test_a_reset_request_answers_before_looking_anything_up(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        signup_payload: dict[str, Any],
+        email: str,
+    ) -> None:
+        # Answering after the lookup (and, for a real account, a write and a
+        # commit) let the response time tell which emails have accounts.
+        await http.post(SIGNUP, json=signup_payload)
+        body = orjson.dumps({"email": email})
+        statements_when_answered: list[int] = []
+        with recorded_statements(mail_app.state.database.engine) as statements:
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    assert message["status"] == 202
+                    statements_when_answered.append(len(statements))
+
+            await mail_app(_post_scope(RESET_REQUEST, body), receive, send)
+
+        assert statements_when_answered == [0]
+        assert statements  # the lookup did run, after the answer
+        outbox = await outbox_rows(mail_app)
+        resets = [e for e in outbox if e == "user.password_reset_requested"]
+        assert len(resets) == (1 if email.startswith("ada") else 0)
 
     async def test_a_password_change_retires_an_emailed_reset_link(
         self, http: AsyncClient, reset_link: str

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Body,
+    Depends,
+    Path,
+    Request,
+    Response,
+    status,
+)
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -356,10 +365,17 @@ async def confirm_email_verification(
     summary="Email me a password reset link",
 )
 async def request_password_reset(
-    payload: EmailRequest, session: SessionDep
+    payload: EmailRequest, database: DatabaseDep, background: BackgroundTasks
 ) -> Envelope[Accepted]:
-    """Always 202: the answer never tells whether an account exists."""
-    await email_actions.request_password_reset(session, payload.email)
+    """Always 202: neither the answer nor its timing tells whether an account exists.
+
+    The lookup (and, for a known account, the write) runs after the answer.
+    """
+    background.add_task(
+        email_actions.request_password_reset_after_answer,
+        database.sessionmaker,
+        payload.email,
+    )
     return Envelope(
         data=Accepted(
             message="If an account uses this email, a reset link is on its way"
