@@ -9,7 +9,9 @@ grow by themselves (while one batch runs, the next one gathers).
 
 Each caller still gets all-or-nothing for its own work: when a batch fails,
 every value in it runs again alone, so only the calls that fail by themselves
-see an error.
+see an error. Unless the batch may have taken effect (an error during or after
+its COMMIT, `OutcomeUnknownError`): running it again could do the work twice,
+so every caller gets the error instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+
+
+class OutcomeUnknownError(Exception):
+    """Raised by a batch that may have taken effect (raise it `from` the cause).
+
+    Its values are not run again; each caller gets the cause.
+    """
 
 
 class Batcher(Generic[T, R]):
@@ -95,6 +104,11 @@ class Batcher(Generic[T, R]):
             for _, future in batch:
                 future.cancel()
             raise
+        except OutcomeUnknownError as unknown:
+            cause = unknown.__cause__
+            for _, future in batch:
+                _fail(future, cause if isinstance(cause, Exception) else unknown)
+            return
         except Exception as error:  # handed to the callers below
             if len(batch) == 1:
                 _fail(batch[0][1], error)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from app.core import events as event_types
-from app.core.batcher import Batcher
+from app.core.batcher import Batcher, OutcomeUnknownError
 from app.core.conditional import IfMatch
 from app.core.exceptions import (
     ConflictError,
@@ -281,7 +281,12 @@ class ItemCreator:
     async def _create_together(self, new: Sequence[NewItem]) -> list[ItemPublic]:
         async with self._sessionmaker() as session:
             created = await _insert(session, new)
-            await session.commit()
+            try:
+                await session.commit()
+            except Exception as exc:
+                # The rows may be in (an error after the COMMIT, a connection
+                # lost during it): creating each again could create it twice.
+                raise OutcomeUnknownError from exc
         return created
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import time_machine
 from httpx import ASGITransport, AsyncClient
-from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
 from app.core.principal import Principal
@@ -263,6 +263,38 @@ class TestConcurrentCreates:
         assert sorted(int(row["entity_id"]) for row in audited) == kept_ids
         events = await outbox_rows(engine)
         assert sorted(event["item_id"] for event in events) == kept_ids
+
+    async def test_a_batch_whose_commit_may_have_happened_is_not_created_again(
+        self,
+        app: Any,
+        client: AsyncClient,
+        engine: AsyncEngine,
+        alice: User,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        creator: ItemCreator = app.state.item_creator
+        owner = principal_of(alice)
+        real_commit = AsyncSession.commit
+        failures = [OperationalError("COMMIT", {}, OSError("disk I/O error"))]
+
+        async def commit_then_fail(session: AsyncSession) -> None:
+            await real_commit(session)  # the rows are in...
+            if failures:
+                raise failures.pop()  # ...and then the error (e.g. a checkpoint)
+
+        monkeypatch.setattr(AsyncSession, "commit", commit_then_fail)
+        results = await asyncio.gather(
+            *(creator.create(owner, ItemCreate(title=t)) for t in ("a", "b", "c")),
+            return_exceptions=True,
+        )
+
+        # Each caller hears of the error (the outcome is unknown to it)...
+        assert all(isinstance(result, OperationalError) for result in results)
+        # ...and nothing was created twice by running the batch's items again.
+        async with engine.connect() as connection:
+            titles = (await connection.execute(text("SELECT title FROM items"))).all()
+        assert sorted(title for (title,) in titles) == ["a", "b", "c"]
+        assert len(await audit_rows(engine, action="item.create")) == 3
 
 
 class TestAttachments:

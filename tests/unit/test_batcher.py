@@ -9,7 +9,7 @@ from contextvars import ContextVar
 
 import pytest
 
-from app.core.batcher import Batcher
+from app.core.batcher import Batcher, OutcomeUnknownError
 
 caller: ContextVar[str | None] = ContextVar("caller", default=None)
 
@@ -112,6 +112,24 @@ async def test_a_failing_call_fails_alone_and_the_others_succeed() -> None:
     assert str(results[1]) == "negative in [-1]"
     # The whole batch first, then each value again on its own.
     assert run.batches == [[1, -1, 2], [1], [-1], [2]]
+
+
+async def test_a_batch_that_may_have_taken_effect_is_never_run_again() -> None:
+    batches: list[list[int]] = []
+
+    async def commit_then_fail(values: Sequence[int]) -> list[int]:
+        batches.append(list(values))
+        # e.g. the COMMIT went through, then the connection broke
+        raise OutcomeUnknownError from ConnectionResetError("lost after COMMIT")
+
+    batcher = Batcher(commit_then_fail)
+    results = await asyncio.gather(
+        *(batcher.submit(value) for value in (1, 2, 3)), return_exceptions=True
+    )
+
+    # Run once: running each value again could do its work twice.
+    assert batches == [[1, 2, 3]]
+    assert all(isinstance(result, ConnectionResetError) for result in results)
 
 
 async def test_when_every_call_fails_the_callers_wait_for_one_failure() -> None:
