@@ -106,8 +106,9 @@ class Batcher(Generic[T, R]):
             raise
         except OutcomeUnknownError as unknown:
             cause = unknown.__cause__
+            error = cause if isinstance(cause, Exception) else unknown
             for _, future in batch:
-                _fail(future, cause if isinstance(cause, Exception) else unknown)
+                _fail(future, error)
             return
         except Exception as error:  # handed to the callers below
             if len(batch) == 1:
