@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -37,13 +37,22 @@ def _deliverable(max_attempts: int) -> ColumnElement[bool]:
 
 
 async def claim_batch(
-    session: AsyncSession, now: datetime, *, limit: int, max_attempts: int
+    session: AsyncSession,
+    now: datetime,
+    *,
+    limit: int,
+    max_attempts: int,
+    lease: timedelta,
 ) -> Sequence[OutboxEvent]:
-    """Lock the next events to publish: the oldest unpublished one per aggregate.
+    """Claim the next events to publish: the oldest unpublished one per aggregate.
 
     Taking only each aggregate's head keeps per-aggregate order even with
-    several relays; on PostgreSQL `FOR UPDATE SKIP LOCKED` lets them share the
-    work without waiting on each other.
+    several relays. On PostgreSQL `FOR UPDATE SKIP LOCKED` lets them share the
+    work without waiting on each other (the locks last the transaction). SQLite
+    has no row locks: there the claim is an UPDATE that moves the events'
+    `next_attempt_at` to `now + lease`, which the caller commits at once so
+    that every other relay (another `serve` worker on the same file) skips
+    them; if this one dies, they are due again when the lease ends.
     """
     earlier = aliased(OutboxEvent)
     has_earlier = exists().where(
@@ -66,9 +75,24 @@ async def claim_batch(
         .order_by(OutboxEvent.id)
         .limit(limit)
     )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if claims_with_locks(session):
         statement = statement.with_for_update(skip_locked=True, of=OutboxEvent)
-    return (await session.execute(statement)).scalars().all()
+        return (await session.execute(statement)).scalars().all()
+    chosen = statement.with_only_columns(OutboxEvent.id).scalar_subquery()
+    claim = (
+        update(OutboxEvent)
+        .where(OutboxEvent.id.in_(chosen))
+        .values(next_attempt_at=now + lease)
+        .returning(OutboxEvent)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = (await session.execute(claim)).scalars().all()
+    return sorted(claimed, key=lambda row: row.id)  # RETURNING has no order
+
+
+def claims_with_locks(session: AsyncSession) -> bool:
+    """Whether `claim_batch` holds its events by row locks (else by a lease)."""
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 async def backlog(

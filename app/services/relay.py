@@ -18,6 +18,10 @@ from app.services.events import to_event
 logger = logging.getLogger("app.events")
 # Waiting for a transport (Redis) to come back never exceeds this.
 MAX_TRANSPORT_BACKOFF_SECONDS = 5.0
+# How long a relay may take to publish what it claimed (SQLite's lease, see
+# `outbox.claim_batch`) before another may take it over: far above a batch's
+# publishing time, and the wait for events a crashed relay had claimed.
+CLAIM_LEASE = timedelta(minutes=5)
 GATHER_SECONDS = 0.05
 """Pause after a pass that found less than a batch: the next one carries more.
 
@@ -51,8 +55,14 @@ class OutboxRelay:
         """One pass: claim a batch, publish it, mark what went out. Returns count."""
         async with self.sessionmaker() as session:
             rows = await outbox.claim_batch(
-                session, utcnow(), limit=self.batch_size, max_attempts=self.max_attempts
+                session,
+                utcnow(),
+                limit=self.batch_size,
+                max_attempts=self.max_attempts,
+                lease=CLAIM_LEASE,
             )
+            if rows and not outbox.claims_with_locks(session):
+                await session.commit()  # the lease must be seen before publishing
             published = []
             for row in rows:
                 if await self._publish(row):

@@ -575,6 +575,64 @@ class RecordingPublisher:
         self.aggregates.append(event.aggregate_id)
 
 
+class BlockingPublisher:
+    """Holds the first publish until released (a slow transport, a long send)."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish(self, event: Event) -> None:
+        self.entered.set()
+        await self.release.wait()
+        self.published.append(event.aggregate_id)
+
+
+def _sessions(app: Any) -> Any:
+    return app.state.database.sessionmaker
+
+
+async def _publishing_held(app: Any, slow: BlockingPublisher) -> asyncio.Task[int]:
+    """One event in the outbox, and a relay pass stuck publishing it."""
+    async with _sessions(app)() as session:
+        await events.emit(session, "item.created", "item", 7, {})
+        await session.commit()
+    running = asyncio.create_task(OutboxRelay(_sessions(app), slow).publish_pending())
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    return running
+
+
+async def test_two_relays_never_publish_the_same_event(
+    app: Any, client: AsyncClient
+) -> None:
+    # Two relays on one database: two `serve` workers on one SQLite file, or
+    # API processes and workers on PostgreSQL.
+    slow, other = BlockingPublisher(), RecordingPublisher()
+    first = await _publishing_held(app, slow)
+
+    sent_by_other = await OutboxRelay(_sessions(app), other).publish_pending()
+    slow.release.set()
+
+    assert (await first, sent_by_other) == (1, 0)
+    assert (slow.published, other.aggregates) == (["7"], [])
+
+
+async def test_events_a_dead_relay_had_claimed_go_out_later(
+    app: Any, client: AsyncClient
+) -> None:
+    slow, other = BlockingPublisher(), RecordingPublisher()
+    dying = await _publishing_held(app, slow)
+    dying.cancel()  # the process dies mid-publish
+    with pytest.raises(asyncio.CancelledError):
+        await dying
+
+    with time_machine.travel(relay_module.CLAIM_LEASE + timedelta(seconds=1)):
+        sent = await OutboxRelay(_sessions(app), other).publish_pending()
+
+    assert (sent, other.aggregates) == (1, ["7"])
+
+
 async def test_a_running_relay_empties_a_backlog_at_once_then_gathers(
     app: Any, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
