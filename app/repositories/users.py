@@ -100,6 +100,22 @@ class UserRepository:
         """The user with this id, or None."""
         return await self.session.get(User, user_id)
 
+    async def get_locked(self, user_id: int) -> User | None:
+        """The user, locked against other writers until the transaction ends.
+
+        A no-op UPDATE first: it takes the row lock on PostgreSQL and the
+        write lock on SQLite (which has no row locks, and whose transactions
+        take it only at their first write), so two concurrent changes of one
+        user run one after the other and each reads what the other wrote: no
+        lost update, no audit row with a stale "old" value.
+        """
+        await self.session.execute(
+            update(_USERS)
+            .where(_USERS.c.id == user_id)
+            .values(updated_at=_USERS.c.updated_at)
+        )
+        return await self.session.get(User, user_id, populate_existing=True)
+
     async def delete(self, user: User) -> None:
         """Delete the row (sessions cascade)."""
         await self.session.delete(user)

@@ -101,9 +101,10 @@ async def profile(
 
 
 async def _visible_user(
-    session: AsyncSession, principal: Principal, user_id: int
+    session: AsyncSession, principal: Principal, user_id: int, *, lock: bool = False
 ) -> User:
-    user = await UserRepository(session).get(user_id)
+    repository = UserRepository(session)
+    user = await (repository.get_locked if lock else repository.get)(user_id)
     if user is None or not (user.id == principal.user_id or principal.has(USERS_READ)):
         raise UserNotFoundError  # no existence leak to callers without users:read
     return user
@@ -170,7 +171,7 @@ async def update_user(
         UserNotFoundError: Unknown or invisible user.
         ForbiddenError: The caller may see but not change this user or field.
     """
-    user = await _visible_user(session, principal, user_id)
+    user = await _visible_user(session, principal, user_id, lock=True)
     changes = payload.model_dump(exclude_unset=True)
     is_self = user.id == principal.user_id
     privileged = PRIVILEGED_FIELDS & changes.keys()
@@ -245,11 +246,13 @@ async def delete_user(
     if hard and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Hard delete needs the admin:all scope")
     repository = UserRepository(session)
-    user = await repository.get(user_id)
+    user = await repository.get_locked(user_id)
     if user is None or not principal.has(USERS_DELETE):
         raise UserNotFoundError
     if user.id == principal.user_id:
         raise ConflictError("You cannot delete your own account this way")
+    if not hard and not user.is_active:
+        return  # already deactivated: nothing to change, audit or announce
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     files: list[str] = []
     if hard:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from httpx import AsyncClient, Response
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import User
-from tests.conftest import DEFAULT_PASSWORD, bearer, login, make_user
+from app.services import users as users_service
+from tests.conftest import DEFAULT_PASSWORD, audit_rows, bearer, login, make_user
 from tests.helpers import pool_use_during_hashes
 
 USERS = "/api/v1/users"
@@ -359,3 +363,76 @@ async def test_admin_cannot_null_a_role(
         f"{USERS}/{alice.id}", json={"role": None}, headers=bearer(tokens["root"])
     )
     assert response.status_code == 422
+
+
+def _decoded(changes: Any) -> Any:
+    # SQLite returns JSON text through raw SQL
+    return orjson.loads(changes) if isinstance(changes, str) else changes
+
+
+async def test_two_admins_changing_one_user_at_once_both_count(
+    app: Any,
+    client: AsyncClient,
+    engine: AsyncEngine,
+    tokens: dict[str, str],
+    alice: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await make_user(app, "root2", role="admin")
+    second = (await login(client, "root2"))["access_token"]
+    audit_user = users_service._audit_user
+
+    async def slow_audit(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.1)  # both requests have read the user by now
+        await audit_user(*args, **kwargs)
+
+    monkeypatch.setattr(users_service, "_audit_user", slow_audit)
+
+    answers = await asyncio.gather(
+        client.patch(
+            f"{USERS}/{alice.id}",
+            json={"role": "moderator"},
+            headers=bearer(tokens["root"]),
+        ),
+        client.patch(
+            f"{USERS}/{alice.id}", json={"role": "admin"}, headers=bearer(second)
+        ),
+    )
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    rows = await audit_rows(engine, action="user.role_change")
+    changes = [_decoded(row["changed_fields"])["role"] for row in rows]
+    # One after the other: the second saw what the first wrote, and the stored
+    # role is what the last audit row says.
+    assert changes[0]["old"] == "user"
+    assert changes[1]["old"] == changes[0]["new"]
+    async with engine.connect() as connection:
+        role, version = (
+            await connection.execute(
+                text("SELECT role, token_version FROM users WHERE id = :id"),
+                {"id": alice.id},
+            )
+        ).one()
+    assert role == changes[1]["new"]
+    assert version == 2  # each change retired the tokens before it
+
+
+async def test_deactivating_an_inactive_user_changes_and_records_nothing(
+    client: AsyncClient, engine: AsyncEngine, tokens: dict[str, str], alice: User
+) -> None:
+    for _ in range(3):
+        response = await client.delete(
+            f"{USERS}/{alice.id}", headers=bearer(tokens["root"])
+        )
+        assert response.status_code == 204
+
+    assert len(await audit_rows(engine, action="user.deactivate")) == 1
+    async with engine.connect() as connection:
+        announced = (
+            await connection.execute(
+                text(
+                    "SELECT count(*) FROM outbox_events WHERE event_type = 'user.deactivated'"
+                )
+            )
+        ).scalar_one()
+    assert announced == 1
