@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.item import Attachment
@@ -38,7 +39,11 @@ class AttachmentRepository:
         )
         return (await self.session.execute(statement)).scalars().all()
 
-    async def delete(self, attachment: Attachment) -> None:
-        """Delete the row."""
-        await self.session.delete(attachment)
-        await self.session.flush()
+    async def delete(self, attachment: Attachment) -> bool:
+        """Delete the row; False when a concurrent request deleted it first."""
+        result = await self.session.execute(
+            delete(Attachment)
+            .where(Attachment.id == attachment.id)
+            .execution_options(synchronize_session=False)
+        )
+        return cast("CursorResult[tuple[()]]", result).rowcount == 1

@@ -201,6 +201,23 @@ class ItemRepository:
         """The item with this id, or None."""
         return await self.session.get(Item, item_id)
 
+    async def get_locked(self, item_id: int) -> Item | None:
+        """The item, locked until the transaction ends, attachments included.
+
+        PostgreSQL: `FOR UPDATE`, which also holds back a new attachment (its
+        foreign-key check waits for the lock). SQLite has no row locks: a no-op
+        UPDATE first takes the single write lock, before anything is read.
+        """
+        if self.session.bind is not None and self.session.bind.dialect.name == "sqlite":
+            await self.session.execute(
+                update(ITEMS)
+                .where(ITEMS.c.id == item_id)
+                .values(version=ITEMS.c.version)
+            )
+        return await self.session.get(
+            Item, item_id, with_for_update=True, populate_existing=True
+        )
+
     async def find_row(self, item_id: int) -> dict[str, Any] | None:
         """The item with this id as its stored columns (no entity), or None."""
         result = await self.session.execute(_ITEM_ROW, {"item_id": item_id})

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.exceptions import (
@@ -21,7 +22,7 @@ from app.core.storage import FileStorage
 from app.models.item import Attachment
 from app.repositories.attachments import AttachmentRepository
 from app.services import audit
-from app.services.items import get_item
+from app.services.items import ItemNotFoundError, get_item
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,10 @@ async def attach(
         await AttachmentRepository(session).add(attachment)
         await _audit(session, principal, "attachment.create", attachment, created=True)
         await session.commit()
+    except IntegrityError as exc:
+        await storage.delete(stored.key)
+        # The only reference it can break: the item was deleted meanwhile.
+        raise ItemNotFoundError from exc
     except BaseException:
         await storage.delete(stored.key)  # no orphan file for a failed write
         raise
@@ -152,7 +157,8 @@ async def remove(
     item = await get_item(session, principal, item_id)
     if item.owner_id != principal.user_id and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Only the owner or an administrator may delete files")
-    await AttachmentRepository(session).delete(attachment)
+    if not await AttachmentRepository(session).delete(attachment):
+        raise NotFoundError("Attachment not found")  # deleted meanwhile, once
     await _audit(session, principal, "attachment.delete", attachment, created=False)
     await session.commit()
     await storage.delete(attachment.storage_key)

@@ -294,13 +294,22 @@ def _can_see(principal: Principal, owner_id: int) -> bool:
     return owner_id == principal.user_id or principal.has(ITEMS_MODERATE)
 
 
-async def get_item(session: AsyncSession, principal: Principal, item_id: int) -> Item:
+async def get_item(
+    session: AsyncSession, principal: Principal, item_id: int, *, lock: bool = False
+) -> Item:
     """An item the caller may see: their own, or any with `items:moderate`.
+
+    Args:
+        session: The request's session.
+        principal: The caller.
+        item_id: The item.
+        lock: Lock it until the transaction ends (see `ItemRepository.get_locked`).
 
     Raises:
         ItemNotFoundError: Missing or invisible (no existence leak).
     """
-    item = await ItemRepository(session).get(item_id)
+    repository = ItemRepository(session)
+    item = await (repository.get_locked if lock else repository.get)(item_id)
     if item is None or not _can_see(principal, item.owner_id):
         raise ItemNotFoundError
     return item
@@ -396,7 +405,9 @@ async def delete_item(
         ForbiddenError: Visible (moderator) but not deletable.
         PreconditionFailedError: `If-Match` is stale.
     """
-    item = await get_item(session, principal, item_id)
+    # Locked first: an upload committed before the lock is among the keys read
+    # below; one arriving after waits, then finds no item (no orphan file).
+    item = await get_item(session, principal, item_id, lock=True)
     if item.owner_id != principal.user_id and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Only the owner or an administrator may delete this item")
     _check_precondition(item.version, if_match)

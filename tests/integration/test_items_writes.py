@@ -21,6 +21,8 @@ from app.core.principal import Principal
 from app.main import create_app
 from app.models import User
 from app.models.outbox import OutboxEvent
+from app.repositories.attachments import AttachmentRepository
+from app.repositories.items import ItemRepository
 from app.schemas.item import ItemCreate
 from app.services.items import CreatedItem, ItemCreator
 from tests.conftest import audit_rows, bearer, login, make_settings, make_user
@@ -39,6 +41,17 @@ async def token(client: AsyncClient, alice: User) -> str:
 async def bob_token(app: Any, client: AsyncClient) -> str:
     await make_user(app, "bob")
     return str((await login(client, "bob"))["access_token"])
+
+
+def _slow_down(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
+    """Make `owner.name` wait a moment first (so concurrent requests meet there)."""
+    original = getattr(owner, name)
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, slow)
 
 
 async def count_items(client: AsyncClient, token: str) -> int:
@@ -351,6 +364,45 @@ class TestAttachments:
 
         assert (await client.delete(url, headers=bearer(token))).status_code == 204
         assert (await client.get(url, headers=bearer(token))).status_code == 404
+        assert not [p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]
+
+    async def test_concurrent_deletes_of_one_file_delete_and_audit_it_once(
+        self,
+        client: AsyncClient,
+        token: str,
+        engine: AsyncEngine,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        item_id = await self.item(client, token)
+        meta = (await self.upload(client, token, item_id, "r.pdf", PDF)).json()["data"]
+        _slow_down(monkeypatch, AttachmentRepository, "delete")
+        url = f"{ITEMS}/{item_id}/attachments/{meta['id']}"
+
+        answers = await asyncio.gather(
+            *(client.delete(url, headers=bearer(token)) for _ in range(3))
+        )
+
+        assert sorted(answer.status_code for answer in answers) == [204, 404, 404]
+        assert len(await audit_rows(engine, action="attachment.delete")) == 1
+
+    async def test_an_upload_racing_the_items_delete_leaves_no_file(
+        self,
+        client: AsyncClient,
+        token: str,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        item_id = await self.item(client, token)
+        # The delete has read the item's files and waits before deleting it.
+        _slow_down(monkeypatch, ItemRepository, "delete")
+
+        deleted, uploaded = await asyncio.gather(
+            client.delete(f"{ITEMS}/{item_id}", headers=bearer(token)),
+            self.upload(client, token, item_id, "late.pdf", PDF),
+        )
+
+        assert deleted.status_code == 204
+        assert uploaded.status_code == 404  # not a 201 for a file nobody can reach
         assert not [p for p in Path(settings.STORAGE_DIR).iterdir() if p.is_file()]
 
     async def test_a_hard_deleted_owner_takes_their_files_along(
