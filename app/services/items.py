@@ -190,39 +190,79 @@ async def _create_once(
 ) -> CreatedItem:
     """Create an item for an `Idempotency-Key`, or replay the key's first answer.
 
-    The item, its audit and outbox rows and the stored answer share one commit.
+    Raises:
+        IdempotencyKeyReusedError: The key was used with another body.
+    """
+    new = [NewItem(principal, payload, RequestOrigin.current())]
+    [item], replayed = await _insert_once(session, request, new, bulk=False)
+    return CreatedItem(item, replayed)
+
+
+async def _insert_once(
+    session: AsyncSession,
+    request: IdempotentRequest,
+    new: Sequence[NewItem],
+    *,
+    bulk: bool,
+) -> tuple[list[ItemPublic], bool]:
+    """Insert for an `Idempotency-Key`, or replay its first answer (and say so).
+
+    The items, their audit and outbox rows and the stored answer share one
+    commit. A single create stores its item, a bulk one `{"items": [...]}`.
 
     Raises:
         IdempotencyKeyReusedError: The key was used with another body.
     """
     stored = await idempotency.stored_answer(session, request)
     if stored is not None:
-        return CreatedItem(ItemPublic.model_validate(stored), replayed=True)
-    [public] = await _insert(
-        session, [NewItem(principal, payload, RequestOrigin.current())]
-    )
+        rows = stored["items"] if bulk else [stored]
+        return [ItemPublic.model_validate(row) for row in rows], True
+    created = await _insert(session, new)
+    answers = [item.model_dump(mode="json") for item in created]
     try:
-        await idempotency.remember(
-            session, request, 201, public.model_dump(mode="json")
-        )
+        answer = {"items": answers} if bulk else answers[0]
+        await idempotency.remember(session, request, 201, answer)
     except DuplicateKeyError:
         # A concurrent request with this key won: answer what it answered.
         await session.rollback()
-        return await _create_once(session, principal, payload, request)
+        return await _insert_once(session, request, new, bulk=bulk)
     await session.commit()
-    return CreatedItem(public, replayed=False)
+    return created, False
 
 
 async def create_items(
-    session: AsyncSession, principal: Principal, payloads: Sequence[ItemCreate]
-) -> list[ItemPublic]:
-    """Create several items in one transaction: all of them or none."""
+    session: AsyncSession,
+    principal: Principal,
+    payloads: Sequence[ItemCreate],
+    *,
+    idempotency_key: str | None = None,
+    idempotency_ttl: timedelta,
+) -> tuple[list[ItemPublic], bool]:
+    """Create several items in one transaction: all of them or none.
+
+    With `idempotency_key`, at most once per key and body, as `POST /items`.
+
+    Returns:
+        The items, and whether they are a replay of the key's first answer.
+
+    Raises:
+        IdempotencyKeyReusedError: The key was used with another body.
+    """
     origin = RequestOrigin.current()
-    created = await _insert(
-        session, [NewItem(principal, payload, origin) for payload in payloads]
-    )
+    new = [NewItem(principal, payload, origin) for payload in payloads]
+    if idempotency_key is not None:
+        bodies = [payload.model_dump(mode="json") for payload in payloads]
+        request = IdempotentRequest(
+            user_id=principal.user_id,
+            scope="POST /items/bulk",
+            key=idempotency_key,
+            fingerprint=idempotency.fingerprint(bodies),
+            ttl=idempotency_ttl,
+        )
+        return await _insert_once(session, request, new, bulk=True)
+    created = await _insert(session, new)
     await session.commit()
-    return created
+    return created, False
 
 
 class ItemCreator:

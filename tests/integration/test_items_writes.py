@@ -142,6 +142,28 @@ class TestIdempotency:
 
 
 class TestBulk:
+    async def test_a_retried_bulk_create_with_its_key_creates_nothing_more(
+        self, client: AsyncClient, token: str
+    ) -> None:
+        headers = {**bearer(token), "Idempotency-Key": "import-7"}
+        body = {"items": [{"title": "x"}, {"title": "y"}]}
+        first = await client.post(f"{ITEMS}/bulk", json=body, headers=headers)
+        second = await client.post(f"{ITEMS}/bulk", json=body, headers=headers)
+        other = await client.post(
+            f"{ITEMS}/bulk", json={"items": [{"title": "z"}]}, headers=headers
+        )
+        # One key, two routes: each keeps its own answers.
+        single = await client.post(ITEMS, json={"title": "x"}, headers=headers)
+
+        assert first.status_code == second.status_code == 201
+        assert second.json() == first.json()
+        assert second.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+        assert other.status_code == 422
+        assert other.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+        assert single.status_code == 201
+        assert await count_items(client, token) == 3
+
     async def test_creates_all(
         self, client: AsyncClient, engine: AsyncEngine, token: str
     ) -> None:

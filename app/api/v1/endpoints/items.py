@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, UploadFile, status
+from fastapi import APIRouter, Header, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import (
@@ -152,10 +153,24 @@ async def create_item(
     responses=ERRORS,
 )
 async def create_items(
-    payload: ItemBulkCreate, principal: Writer, session: SessionDep
+    payload: ItemBulkCreate,
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Envelope[list[ItemPublic]]:
-    """Create every item in one transaction, or none when one is invalid."""
-    return Envelope(data=await items.create_items(session, principal, payload.items))
+    """Create every item in one transaction, or none; `Idempotency-Key` as one."""
+    created, replayed = await items.create_items(
+        session,
+        principal,
+        payload.items,
+        idempotency_key=idempotency_key,
+        idempotency_ttl=timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return Envelope(data=created)
 
 
 @router.get(
