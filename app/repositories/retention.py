@@ -72,6 +72,14 @@ async def delete_batch(session: AsyncSession, target: Prunable, limit: int) -> i
         How many rows were deleted.
     """
     key = target.table.c.id
-    chosen = select(key).where(target.condition).limit(limit).scalar_subquery()
+    # Rows another pruner is deleting are skipped, not waited for (PostgreSQL;
+    # SQLite has one writer at a time): two passes at once never deadlock.
+    chosen = (
+        select(key)
+        .where(target.condition)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     result = await session.execute(delete(target.table).where(key.in_(chosen)))
     return cast("CursorResult[tuple[()]]", result).rowcount

@@ -220,6 +220,22 @@ async def test_a_backlog_is_deleted_in_bounded_batches(
     assert await _column(engine, OutboxEvent, "event_id") == []
 
 
+async def test_passes_running_at_once_share_the_work(
+    app: Any, client: AsyncClient, engine: AsyncEngine
+) -> None:
+    # Every API process and worker prunes: their passes may overlap.
+    now = utcnow()
+    old = now - 8 * DAY
+    await _insert(engine, OutboxEvent, *(_event(f"e{n}", old, old) for n in range(40)))
+
+    passes = await asyncio.gather(
+        *(_prune(app, now, PRUNE_BATCH_SIZE=3) for _ in range(3))
+    )
+
+    assert sum(deleted["outbox_events"] for deleted in passes) == 40
+    assert await _column(engine, OutboxEvent, "event_id") == []
+
+
 async def test_pruning_never_touches_a_session_in_use(
     app: Any, client: AsyncClient, alice: User
 ) -> None:
