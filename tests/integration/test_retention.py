@@ -74,6 +74,16 @@ async def _prune(app: Any, now: datetime, **settings: Any) -> dict[str, int]:
     return await Pruner(app.state.database.sessionmaker, changed).prune(now)
 
 
+async def _published_long_ago(engine: AsyncEngine, count: int) -> datetime:
+    """`count` events published 8 days ago; returns now."""
+    now = utcnow()
+    old = now - 8 * DAY
+    await _insert(
+        engine, OutboxEvent, *(_event(f"e{n}", old, old) for n in range(count))
+    )
+    return now
+
+
 def _pruned(table: str) -> float:
     return (
         REGISTRY.get_sample_value("housekeeping_rows_deleted_total", {"table": table})
@@ -210,9 +220,7 @@ async def test_used_or_expired_email_tokens_and_stale_idempotency_keys_go(
 async def test_a_backlog_is_deleted_in_bounded_batches(
     app: Any, client: AsyncClient, engine: AsyncEngine
 ) -> None:
-    now = utcnow()
-    old = now - 8 * DAY
-    await _insert(engine, OutboxEvent, *(_event(f"e{n}", old, old) for n in range(5)))
+    now = await _published_long_ago(engine, 5)
 
     deleted = await _prune(app, now, PRUNE_BATCH_SIZE=2)
 
@@ -224,9 +232,7 @@ async def test_passes_running_at_once_share_the_work(
     app: Any, client: AsyncClient, engine: AsyncEngine
 ) -> None:
     # Every API process and worker prunes: their passes may overlap.
-    now = utcnow()
-    old = now - 8 * DAY
-    await _insert(engine, OutboxEvent, *(_event(f"e{n}", old, old) for n in range(40)))
+    now = await _published_long_ago(engine, 40)
 
     passes = await asyncio.gather(
         *(_prune(app, now, PRUNE_BATCH_SIZE=3) for _ in range(3))
