@@ -258,6 +258,13 @@ async def delete_user(
     if not hard and not user.is_active:
         return  # already deactivated: nothing to change, audit or announce
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
+    # Revoked and forgotten (after the commit) in both cases: with a hard
+    # delete their rows go with the user, and a cached "live" marker left
+    # behind would let an old access token in as the next user given this id
+    # (SQLite reuses the highest one).
+    ended = await SessionRepository(session).revoke(
+        utcnow(), "deleted", user_id=user.id
+    )
     files: list[str] = []
     if hard:
         files = await ItemRepository(session).owner_attachment_keys(user.id)
@@ -273,20 +280,18 @@ async def delete_user(
     else:
         user.is_active = False
         user.token_version += 1
-        revoked = await SessionRepository(session).revoke(
-            utcnow(), "deleted", user_id=user.id
-        )
         await _audit_user(
             session,
             principal,
             "user.deactivate",
             user,
             before,
-            sessions_revoked={"old": None, "new": len(revoked)},
+            sessions_revoked={"old": None, "new": len(ended)},
         )
         await _emit_status(session, user)
     await session.commit()
     await auth_cache.forget_user(session, user_id)
+    await auth_cache.forget_sessions(session, ended)
     for key in files:  # after the commit: a failed commit must not lose files
         await storage.delete(key)
 

@@ -436,3 +436,25 @@ async def test_deactivating_an_inactive_user_changes_and_records_nothing(
             )
         ).scalar_one()
     assert announced == 1
+
+
+async def test_a_hard_deleted_users_token_never_works_again_even_for_a_reused_id(
+    app: Any, client: AsyncClient, tokens: dict[str, str]
+) -> None:
+    mallory = await make_user(app, "mallory")  # the highest id
+    old_token = (await login(client, "mallory"))["access_token"]
+    assert (
+        await client.get(f"{USERS}/me", headers=bearer(old_token))
+    ).status_code == 200
+    deleted = await client.delete(
+        f"{USERS}/{mallory.id}?hard=true", headers=bearer(tokens["root"])
+    )
+    assert deleted.status_code == 204
+
+    # SQLite gives the next user the freed id; PostgreSQL's sequence does not.
+    await make_user(app, "bob")
+    bob = (await login(client, "bob"))["access_token"]
+    assert (await client.get(f"{USERS}/me", headers=bearer(bob))).status_code == 200
+    me = await client.get(f"{USERS}/me", headers=bearer(old_token))
+
+    assert me.status_code == 401
