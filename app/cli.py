@@ -76,6 +76,14 @@ def serve(
     settings = load_settings()
     if reload and workers > 1:
         _fail("--reload and --workers > 1 cannot be combined", code=2)
+    if workers > 1 and not settings.REDIS_URL:
+        # Each process would cache access checks and count lockouts and rate
+        # limits on its own: a logout or a lock in one would not hold in another.
+        _fail(
+            "--workers > 1 needs REDIS_URL, which every worker shares for "
+            "revocations, lockouts and rate limits",
+            code=2,
+        )
     configure_logging(settings.LOG_LEVEL)
     base = f"http://{host}:{port}"
     typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")

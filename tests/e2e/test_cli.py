@@ -155,6 +155,10 @@ def test_bad_arguments_are_usage_errors(cli_env: Path) -> None:
     combined = runner.invoke(cli, ["serve", "--reload", "--workers", "2"])
     assert combined.exit_code == 2
     assert "cannot be combined" in combined.output
+    # Without Redis every worker would keep its own revocations and lockouts.
+    unshared = runner.invoke(cli, ["serve", "--workers", "2"])
+    assert unshared.exit_code == 2
+    assert "needs REDIS_URL" in unshared.output
 
 
 def test_openapi_to_file_and_stdout(cli_env: Path, tmp_path: Path) -> None:
