@@ -144,18 +144,25 @@ async def get_principal(
             extra=_event("insufficient_scope", request, missing=missing),
         )
         raise InsufficientScopeError(" ".join(security_scopes.scopes))
-    # Resource writes are limited per user; the auth routes (logout, password
-    # change, ...) have their own per-IP limit and must stay usable.
+    # Resource writes are limited per user; the auth routes (logout, ...) have
+    # their own per-IP limit and must stay usable. A password change counts in
+    # a bucket of its own: someone holding a stolen token must not be able to
+    # use up the owner's write budget and so keep them from changing it.
     # The raw path: `request.url` would build a whole URL object per request.
-    if request.method not in SAFE_METHODS and "/auth/" not in request.scope["path"]:
+    path: str = request.scope["path"]
+    if request.method not in SAFE_METHODS and "/auth/" not in path:
+        bucket = "password" if path.endswith(PASSWORD_CHANGE_PATH) else "writes"
         await _enforce(
             request,
             response,
             state.settings.RATE_LIMIT_WRITES,
-            "writes",
+            bucket,
             f"user:{principal.user_id}",
         )
     return principal
+
+
+PASSWORD_CHANGE_PATH = "/users/me/password"  # noqa: S105 - a route, not a secret
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -111,6 +111,35 @@ async def test_writes_are_limited_per_user(database_url: str) -> None:
     assert someone_else.status_code == 201  # the limit is per user
 
 
+async def test_a_used_up_write_budget_still_lets_the_owner_change_password(
+    database_url: str,
+) -> None:
+    async with app_client(
+        database_url, RATE_LIMIT_ENABLED=True, RATE_LIMIT_WRITES="2/minute"
+    ) as (app, http):
+        await make_user(app, "owner")
+        token = (await login(http, "owner"))["access_token"]
+        spent = [
+            (
+                await http.post(
+                    "/api/v1/items", json={"title": "t"}, headers=bearer(token)
+                )
+            ).status_code
+            for _ in range(3)
+        ]
+        changed = await http.post(
+            "/api/v1/users/me/password",
+            json={
+                "current_password": DEFAULT_PASSWORD,
+                "new_password": "Taken-Back-42",
+                "confirm_password": "Taken-Back-42",
+            },
+            headers=bearer(token),
+        )
+    assert spent == [201, 201, 429]
+    assert changed.status_code == 204, changed.text
+
+
 async def test_disabled_limits_never_refuse(client: AsyncClient, alice: User) -> None:
     for _ in range(30):
         await login(client, "alice")
