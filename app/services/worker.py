@@ -36,7 +36,7 @@ class ConsumerSettings:
     max_deliveries: int = 5
     retry_base_seconds: float = 1.0
     handler_timeout_seconds: float = 30.0
-    batch_size: int = 10
+    pending_scan: int = 10
     block_ms: int = 1000
 
 
@@ -69,9 +69,8 @@ class StreamConsumer:
     async def _due_for_retry(self) -> list[tuple[str, dict[str, str], int]]:
         s = self.settings
         pending: list[dict[str, Any]] = await self.redis.xpending_range(
-            s.stream, s.group, min="-", max="+", count=s.batch_size
+            s.stream, s.group, min="-", max="+", count=s.pending_scan
         )
-        claimed = []
         for entry in pending:
             deliveries = int(entry["times_delivered"])
             wait = self._retry_after_ms(deliveries)
@@ -84,13 +83,14 @@ class StreamConsumer:
                 min_idle_time=wait,
                 message_ids=[entry["message_id"]],
             )
-            claimed += [(mid, fields or {}, deliveries + 1) for mid, fields in messages]
-        return claimed
+            if messages:  # one at a time, as new entries (see process_once)
+                return [(mid, fields or {}, deliveries + 1) for mid, fields in messages]
+        return []
 
     async def _read_new(self) -> list[tuple[str, dict[str, str], int]]:
         s = self.settings
         response: Any = await self.redis.xreadgroup(
-            s.group, s.consumer, {s.stream: ">"}, count=s.batch_size, block=s.block_ms
+            s.group, s.consumer, {s.stream: ">"}, count=1, block=s.block_ms
         )
         return [
             (message_id, fields, 1)
@@ -99,8 +99,13 @@ class StreamConsumer:
         ]
 
     async def process_once(self) -> int:
-        """Handle due retries, then new entries. Returns how many were handled."""
-        batch = await self._due_for_retry() + await self._read_new()
+        """Handle one entry: a due retry, else a new one. Returns how many (0 or 1).
+
+        One at a time: an entry taken and left waiting behind others would go
+        idle past `handler_timeout_seconds`, and another consumer would take it
+        over as abandoned and handle it too.
+        """
+        batch = await self._due_for_retry() or await self._read_new()
         for message_id, fields, deliveries in batch:
             await self._handle(message_id, fields, deliveries)
         return len(batch)

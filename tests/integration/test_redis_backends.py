@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -139,6 +140,44 @@ async def test_duplicate_stream_entries_send_one_email(
     await worker.process_once()
 
     assert len(sink.messages) == 1
+
+
+async def test_two_workers_never_handle_one_entry_twice(make_app: AppFactory) -> None:
+    app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=1.0)
+    handled: Counter[str] = Counter()
+
+    async def slow(event: Event) -> None:
+        await asyncio.sleep(0.6)  # a slow mail server: under the timeout
+        handled[event.aggregate_id] += 1
+
+    app.state.events.dispatcher.handlers["user.created"] = [
+        Handler("slow", app.state.database.sessionmaker, slow)
+    ]
+    for index in range(6):
+        await make_user(app, f"user{index}")
+    first, second = consumer(app, "c1"), consumer(app, "c2")
+    await first.ensure_group()
+    while await app.state.events.relay.publish_pending():
+        pass
+    stop = asyncio.Event()
+
+    async def work(worker: StreamConsumer) -> None:
+        while not stop.is_set():
+            await worker.process_once()
+
+    running = [asyncio.create_task(work(w)) for w in (first, second)]
+    for _ in range(100):
+        if len(handled) == 6:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # time enough for an entry to be taken over twice
+    stop.set()
+    await asyncio.gather(*running)
+
+    # An entry waiting behind others in one worker's hands went idle past the
+    # handler timeout, and the other worker took it over and handled it too.
+    assert len(handled) == 6
+    assert set(handled.values()) == {1}
 
 
 async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(
