@@ -25,6 +25,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.core.exceptions import DependencyUnavailableError
+
 logger = logging.getLogger("app.email")
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -35,7 +37,7 @@ class EmailError(Exception):
     """A message could not be delivered."""
 
 
-class EmailUnavailableError(EmailError):
+class EmailUnavailableError(EmailError, DependencyUnavailableError):
     """The transport cannot deliver now (server down, circuit open): retry later."""
 
 

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
+from app.core.exceptions import DependencyUnavailableError
+
 USER_CREATED = "user.created"
 USER_ACTIVATED = "user.activated"
 USER_DEACTIVATED = "user.deactivated"
@@ -68,7 +70,7 @@ class EventPublisher(Protocol):
         ...
 
 
-class PublishUnavailableError(Exception):
+class PublishUnavailableError(DependencyUnavailableError):
     """The transport is down; the event stays in the outbox, uncounted."""
 
 

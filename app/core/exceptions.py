@@ -35,6 +35,14 @@ HTTP_STATUS_CODES: dict[int, str] = {
 }
 
 
+class DependencyUnavailableError(Exception):
+    """Something outside the process (Redis, the mail server) is down for now.
+
+    Work that fails with it is retried later without counting it as a failed
+    attempt: an outage must not use up an event's deliveries and drop it.
+    """
+
+
 class AppError(Exception):
     """Base of every domain error: a status code, a stable code and a message."""
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.events import EventPublisher, PublishUnavailableError
+from app.core.events import EventPublisher
+from app.core.exceptions import DependencyUnavailableError
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
 from app.repositories import outbox
@@ -74,8 +75,9 @@ class OutboxRelay:
     async def _publish(self, row: OutboxEvent) -> bool:
         try:
             await self.publisher.publish(to_event(row))
-        except PublishUnavailableError as exc:
-            # The transport is down: wait for it without using up attempts.
+        except DependencyUnavailableError as exc:
+            # Redis, or (handlers in process) the mail server, is down: wait for
+            # it without using up attempts, however long the outage lasts.
             self._postpone(row, exc, MAX_TRANSPORT_BACKOFF_SECONDS, count=False)
             return False
         except Exception as exc:  # a handler failed (in-process delivery)

@@ -19,10 +19,12 @@ from redis.exceptions import ResponseError
 
 from app.core import metrics
 from app.core.events import Event
+from app.core.exceptions import DependencyUnavailableError
 from app.models.base import utcnow
 from app.services.handlers import EventDispatcher
 
 logger = logging.getLogger("app.worker")
+MAX_BACKOFF_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,11 @@ class StreamConsumer:
                 raise
 
     def _retry_after_ms(self, deliveries: int) -> int:
-        backoff = self.settings.retry_base_seconds * 2 ** max(deliveries - 1, 0)
+        # Capped: an entry waiting out a long outage is tried every few minutes.
+        exponent = min(max(deliveries - 1, 0), 30)
+        backoff = min(
+            self.settings.retry_base_seconds * 2**exponent, MAX_BACKOFF_SECONDS
+        )
         # Never steal an entry a live consumer may still be working on.
         return int(max(backoff, self.settings.handler_timeout_seconds) * 1000)
 
@@ -123,7 +129,9 @@ class StreamConsumer:
             async with asyncio.timeout(s.handler_timeout_seconds):
                 await self.dispatcher.dispatch(event)
         except Exception as exc:
-            if deliveries >= s.max_deliveries:
+            # An outage (the mail server down) is waited out, never dead-lettered.
+            transient = isinstance(exc, DependencyUnavailableError)
+            if deliveries >= s.max_deliveries and not transient:
                 await self._dead_letter(message_id, fields, exc, deliveries)
             return  # stays pending: re-claimed after the backoff
         await self.redis.xack(s.stream, s.group, message_id)

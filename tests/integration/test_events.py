@@ -15,7 +15,8 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.events import Event
+from app.core.email import EmailUnavailableError
+from app.core.events import Event, InProcessPublisher
 from app.main import create_app
 from app.models import OutboxEvent
 from app.services import events
@@ -631,6 +632,38 @@ async def test_events_a_dead_relay_had_claimed_go_out_later(
         sent = await OutboxRelay(_sessions(app), other).publish_pending()
 
     assert (sent, other.aggregates) == (1, ["7"])
+
+
+async def test_a_mail_outage_never_uses_up_an_events_attempts(
+    app: Any, client: AsyncClient, engine: AsyncEngine
+) -> None:
+    # Handlers in process (no Redis): the mail server is down for a while.
+    async with _sessions(app)() as session:
+        await events.emit(session, "item.created", "item", 7, {})
+        await session.commit()
+    delivered: list[str] = []
+    mail_server_up = False
+
+    async def dispatch(event: Event) -> None:
+        if not mail_server_up:
+            raise EmailUnavailableError("connection refused")
+        delivered.append(event.aggregate_id)
+
+    relay = OutboxRelay(_sessions(app), InProcessPublisher(dispatch), max_attempts=3)
+    step = timedelta(seconds=relay_module.MAX_TRANSPORT_BACKOFF_SECONDS + 1)
+    for passes in range(1, 11):  # far more passes than attempts allowed
+        with time_machine.travel(passes * step):
+            assert await relay.publish_pending() == 0
+    mail_server_up = True
+    with time_machine.travel(12 * step):
+        sent = await relay.publish_pending()
+
+    assert (sent, delivered) == (1, ["7"])
+    async with engine.connect() as connection:
+        attempts = (
+            await connection.execute(text("SELECT attempts FROM outbox_events"))
+        ).scalar_one()
+    assert attempts == 0
 
 
 async def test_a_running_relay_empties_a_backlog_at_once_then_gathers(

@@ -13,6 +13,7 @@ import pytest
 from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
 
+from app.core.email import EmailUnavailableError
 from app.core.events import Event
 from app.main import create_app
 from app.services.eventing import consumer_settings
@@ -178,6 +179,40 @@ async def test_two_workers_never_handle_one_entry_twice(make_app: AppFactory) ->
     # handler timeout, and the other worker took it over and handled it too.
     assert len(handled) == 6
     assert set(handled.values()) == {1}
+
+
+async def test_a_mail_outage_keeps_the_entry_until_the_server_is_back(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()  # two deliveries at most, 0.2 s handler timeout
+    sent: list[str] = []
+    server_up = False
+
+    async def mail(event: Event) -> None:
+        if not server_up:
+            raise EmailUnavailableError("connection refused")
+        sent.append(event.aggregate_id)
+
+    app.state.events.dispatcher.handlers["user.created"] = [
+        Handler("mail", app.state.database.sessionmaker, mail)
+    ]
+    user = await make_user(app, "patient")
+    worker = consumer(app)
+    await worker.ensure_group()
+    await app.state.events.relay.publish_pending()
+    for _ in range(12):  # several times the deliveries a failing entry gets
+        await worker.process_once()
+        await asyncio.sleep(0.25)
+    dead = await app.state.redis.xrange(worker.settings.dead_letter_stream)
+    server_up = True
+    for _ in range(20):
+        await worker.process_once()
+        if sent:
+            break
+        await asyncio.sleep(0.25)
+
+    assert dead == []  # an outage is waited out, not dead-lettered
+    assert sent == [str(user.id)]
 
 
 async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(
