@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.attempts import (
     FallbackLoginAttemptStore,
@@ -17,11 +21,33 @@ from app.core.config import Settings
 from app.core.email import EmailTransport, SmtpConfig, build_transport
 
 
+class FailFastRedis(Redis):
+    """A client that, once Redis has failed, fails at once for a few seconds.
+
+    Every caller has a fallback for Redis being down (the database, a
+    per-process counter, the outbox). Without this each request still waited
+    out a timeout per Redis call first when Redis hung (login took 7 s).
+    """
+
+    retry_after_seconds = 5.0
+    _down_until = 0.0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run a command, or raise `ConnectionError` while Redis counts as down."""
+        if time.monotonic() < self._down_until:
+            raise RedisConnectionError("Redis failed moments ago; not retried yet")
+        try:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except (RedisConnectionError, RedisTimeoutError):
+            self._down_until = time.monotonic() + self.retry_after_seconds
+            raise
+
+
 def redis_client(settings: Settings) -> Redis | None:
     """A Redis client when `REDIS_URL` is set (connects lazily), else None."""
     if not settings.REDIS_URL:
         return None
-    return Redis.from_url(
+    return FailFastRedis.from_url(
         settings.REDIS_URL,
         decode_responses=True,
         socket_connect_timeout=1.0,

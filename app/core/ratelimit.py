@@ -44,6 +44,10 @@ def storage_for(redis_url: str | None) -> Storage:
     return MemoryStorage()
 
 
+STORE_RETRY_SECONDS = 5.0
+"""After the store fails, how long requests skip it before trying it again."""
+
+
 class RateLimiter:
     """Counts hits per key against named limits; fails open if its store is down."""
 
@@ -52,6 +56,7 @@ class RateLimiter:
         self.enabled = enabled
         self.prefix = prefix
         self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self._skip_until = 0.0
 
     async def hit(
         self, limit: str | RateLimitItem, *key: str
@@ -61,13 +66,16 @@ class RateLimiter:
         The general limiter fails open: an outage of its store must not take the
         API down. (Brute-force protection does not rely on it.)
         """
-        if not self.enabled:
+        if not self.enabled or time.monotonic() < self._skip_until:
             return None
         item = parse(limit) if isinstance(limit, str) else limit
         try:
             allowed = await self.strategy.hit(item, self.prefix, *key)
             stats = await self.strategy.get_window_stats(item, self.prefix, *key)
         except Exception as exc:
+            # Open at once for a while: a store that hangs would otherwise make
+            # every request wait out its timeout first.
+            self._skip_until = time.monotonic() + STORE_RETRY_SECONDS
             logger.warning(
                 "rate limiter unavailable; allowing the request",
                 extra={"event": "rate_limiter_fail_open", "error": type(exc).__name__},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -143,3 +145,37 @@ async def test_a_used_up_write_budget_still_lets_the_owner_change_password(
 async def test_disabled_limits_never_refuse(client: AsyncClient, alice: User) -> None:
     for _ in range(30):
         await login(client, "alice")
+
+
+async def test_a_hung_redis_costs_a_timeout_now_and_then_not_on_every_call(
+    database_url: str,
+) -> None:
+    # A Redis that accepts connections and never answers (a frozen server).
+    async def never_answer(
+        reader: asyncio.StreamReader, _: asyncio.StreamWriter
+    ) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with app_client(
+            database_url,
+            REDIS_URL=f"redis://127.0.0.1:{port}/0",
+            RATE_LIMIT_ENABLED=True,
+        ) as (app, http):
+            await make_user(app, "patient")
+            token = (await login(http, "patient"))["access_token"]  # waits once
+            started = time.monotonic()
+            answers = [
+                await http.get("/api/v1/users/me", headers=bearer(token))
+                for _ in range(5)
+            ]
+            elapsed = time.monotonic() - started
+            await app.state.redis.aclose()
+    finally:
+        server.close()
+
+    assert [answer.status_code for answer in answers] == [200] * 5
+    # Each call used to wait out the 2 s socket timeout: 5 requests, 20 s.
+    assert elapsed < 2.0
