@@ -230,41 +230,6 @@ async def _insert_once(
     return created, False
 
 
-async def create_items(
-    session: AsyncSession,
-    principal: Principal,
-    payloads: Sequence[ItemCreate],
-    *,
-    idempotency_key: str | None = None,
-    idempotency_ttl: timedelta,
-) -> tuple[list[ItemPublic], bool]:
-    """Create several items in one transaction: all of them or none.
-
-    With `idempotency_key`, at most once per key and body, as `POST /items`.
-
-    Returns:
-        The items, and whether they are a replay of the key's first answer.
-
-    Raises:
-        IdempotencyKeyReusedError: The key was used with another body.
-    """
-    origin = RequestOrigin.current()
-    new = [NewItem(principal, payload, origin) for payload in payloads]
-    if idempotency_key is not None:
-        bodies = [payload.model_dump(mode="json") for payload in payloads]
-        request = IdempotentRequest(
-            user_id=principal.user_id,
-            scope="POST /items/bulk",
-            key=idempotency_key,
-            fingerprint=idempotency.fingerprint(bodies),
-            ttl=idempotency_ttl,
-        )
-        return await _insert_once(session, request, new, bulk=True)
-    created = await _insert(session, new)
-    await session.commit()
-    return created, False
-
-
 class ItemCreator:
     """Creates items for requests; creates that arrive together share a commit.
 
@@ -305,18 +270,52 @@ class ItemCreator:
             IdempotencyKeyReusedError: The key was used with another body.
         """
         if idempotency_key is not None:
-            request = IdempotentRequest(
-                user_id=principal.user_id,
-                scope="POST /items",
-                key=idempotency_key,
-                fingerprint=idempotency.fingerprint(payload.model_dump(mode="json")),
-                ttl=self._idempotency_ttl,
-            )
+            body = payload.model_dump(mode="json")
+            request = self._request(principal, "POST /items", idempotency_key, body)
             # Its check and its answer belong in its own transaction.
             async with self._sessionmaker() as session:
                 return await _create_once(session, principal, payload, request)
         new = NewItem(principal, payload, RequestOrigin.current())
         return CreatedItem(await self._batcher.submit(new), replayed=False)
+
+    async def create_many(
+        self,
+        principal: Principal,
+        payloads: Sequence[ItemCreate],
+        idempotency_key: str | None = None,
+    ) -> tuple[list[ItemPublic], bool]:
+        """Create several items in one transaction: all of them or none.
+
+        With `idempotency_key`, at most once per key and body, as `create`.
+
+        Returns:
+            The items, and whether they are a replay of the key's first answer.
+
+        Raises:
+            IdempotencyKeyReusedError: The key was used with another body.
+        """
+        origin = RequestOrigin.current()
+        new = [NewItem(principal, payload, origin) for payload in payloads]
+        async with self._sessionmaker() as session:
+            if idempotency_key is not None:
+                body = [payload.model_dump(mode="json") for payload in payloads]
+                scope = "POST /items/bulk"
+                request = self._request(principal, scope, idempotency_key, body)
+                return await _insert_once(session, request, new, bulk=True)
+            created = await _insert(session, new)
+            await session.commit()
+        return created, False
+
+    def _request(
+        self, principal: Principal, scope: str, key: str, body: Any
+    ) -> IdempotentRequest:
+        return IdempotentRequest(
+            user_id=principal.user_id,
+            scope=scope,
+            key=key,
+            fingerprint=idempotency.fingerprint(body),
+            ttl=self._idempotency_ttl,
+        )
 
     async def _create_together(self, new: Sequence[NewItem]) -> list[ItemPublic]:
         async with self._sessionmaker() as session:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -155,18 +154,13 @@ async def create_item(
 async def create_items(
     payload: ItemBulkCreate,
     principal: Writer,
-    session: SessionDep,
-    settings: SettingsDep,
+    creator: ItemCreatorDep,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Envelope[list[ItemPublic]]:
     """Create every item in one transaction, or none; `Idempotency-Key` as one."""
-    created, replayed = await items.create_items(
-        session,
-        principal,
-        payload.items,
-        idempotency_key=idempotency_key,
-        idempotency_ttl=timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
+    created, replayed = await creator.create_many(
+        principal, payload.items, idempotency_key
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
