@@ -6,7 +6,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -87,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.item_creator = ItemCreator(
-        database.sessionmaker, timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
+        database.sessionmaker, settings.idempotency_ttl
     )
     app.state.password_hasher = hasher
     app.state.login_attempts = login_attempt_store(settings, redis)

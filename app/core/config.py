@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -172,6 +173,16 @@ class Settings(BaseSettings):
                     f"SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes in production"
                 )
         return self
+
+    @property
+    def refresh_idle_timeout(self) -> timedelta:
+        """A session unused this long can no longer refresh (nor is it listed)."""
+        return timedelta(minutes=self.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+
+    @property
+    def idempotency_ttl(self) -> timedelta:
+        """How long an `Idempotency-Key`'s first answer is replayed."""
+        return timedelta(hours=self.IDEMPOTENCY_TTL_HOURS)
 
     @property
     def is_sqlite(self) -> bool:

@@ -180,7 +180,7 @@ async def _open_session(
 
 def _expired(settings: Settings, grant: RefreshGrant, now: datetime) -> bool:
     """Whether the grant's family is past its absolute lifetime or idle too long."""
-    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    idle = settings.refresh_idle_timeout
     return now >= grant.expires_at or now >= grant.last_used_at + idle
 
 
@@ -307,7 +307,7 @@ async def list_sessions(
 ) -> Sequence[AuthSession]:
     """The caller's sessions that can still refresh, most recently used first."""
     now = utcnow()
-    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    idle = settings.refresh_idle_timeout
     repository = SessionRepository(session)
     return await repository.list_active(principal.user_id, now, now - idle)
 

@@ -21,12 +21,12 @@ logger = logging.getLogger("app.housekeeping")
 def cutoffs(settings: Settings, now: datetime) -> Cutoffs:
     """The cutoffs of a pass made at `now` under `settings`."""
     ended = now - timedelta(days=settings.RETENTION_DAYS)
-    idle = timedelta(minutes=settings.REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES)
+    idle = settings.refresh_idle_timeout
     return Cutoffs(
         ended=ended,
         idle_session_used=ended - idle,
         processed=now - timedelta(days=settings.PROCESSED_EVENT_RETENTION_DAYS),
-        idempotency=now - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS),
+        idempotency=now - settings.idempotency_ttl,
     )
 
 
