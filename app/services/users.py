@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -98,10 +98,6 @@ async def profile(
     if entry is None:  # deleted between the token check and now
         raise UserNotFoundError
     return UserPublic.model_validate(entry)
-
-
-def _gone() -> NoReturn:
-    raise UserNotFoundError  # deleted while its request ran
 
 
 async def _visible_user(
@@ -339,7 +335,10 @@ async def change_password(
     new_hash = await hasher.hash(payload.new_password)
     # Locked for the write, as an admin's change is: the two run one after the
     # other, the audit sees what the other wrote, events leave in commit order.
-    user = await UserRepository(session).get_locked(user.id) or _gone()
+    locked = await UserRepository(session).get_locked(user.id)
+    if locked is None:
+        raise UserNotFoundError  # deleted while this request ran
+    user = locked
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     user.hashed_password = new_hash
     now = utcnow()

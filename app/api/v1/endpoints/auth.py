@@ -249,12 +249,12 @@ async def refresh(
     Send it in the body, or (browser clients) rely on the httpOnly cookie and
     echo the `csrf_token` cookie in the `X-CSRF-Token` header.
     """
-    from_body = payload.refresh_token if payload else None
     # One decision for both where the token comes from and where the next goes:
     # a token read from the cookie is only ever answered with a cookie.
-    from_cookie = from_body is None
-    token = _refresh_token_from_cookie(request, settings) if from_cookie else from_body
-    assert token is not None  # for mypy: from_cookie covers the None case
+    token = payload.refresh_token if payload else None
+    from_cookie = token is None
+    if token is None:
+        token = _refresh_token_from_cookie(request, settings)
     pair = await auth.refresh(session, settings, token)
     return _token_response(pair, response, settings, cookie=from_cookie)
 
