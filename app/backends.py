@@ -51,7 +51,7 @@ def redis_client(settings: Settings) -> Redis | None:
         settings.REDIS_URL,
         decode_responses=True,
         socket_connect_timeout=1.0,
-        socket_timeout=2.0,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
         health_check_interval=15,
     )
 

@@ -15,11 +15,28 @@ a whole TTL. So each cache counts its deletions (its generation): a lookup
 hands back the count it saw, and a fill is dropped when anything was deleted
 since. A deletion elsewhere drops a fill that was fine too; it is refilled on
 the next miss, and deletions are rare next to reads.
+
+A revocation must hold from the moment it is answered, whatever Redis does:
+stalls, restarts with or without its data, fails over, or cannot be reached.
+So the guarantee never rests on a deletion reaching Redis:
+
+- An entry lives at most `ttl` from the moment its fill *began* (an absolute
+  expiry, `PXAT`), so a fill that read the database before a change and
+  reached Redis late (queued behind a stall) still dies on time.
+- A deletion that Redis did not confirm (or that a replica did not
+  acknowledge) is retried until it is confirmed or until every entry that
+  could predate the change has expired: `ttl` plus a margin for clock skew
+  between hosts. Only then does the revoking request answer. In the worst case
+  (Redis unreachable) a logout takes `AUTH_CACHE_TTL_SECONDS` + 1 s.
+- The deletion counter starts at a random value whenever Redis lost it, so a
+  fill that saw a counter before a restart can never match one after it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,14 +50,25 @@ logger = logging.getLogger("app.cache")
 UserEntry = dict[str, Any]
 UNKNOWN_GENERATION = -1
 """The generation of a lookup that could not read it: its fill is dropped."""
+CLOCK_SKEW_MARGIN_SECONDS = 1.0
+"""How far the clocks of the API hosts may disagree (entry expiries are absolute)."""
+RETRY_INTERVAL_SECONDS = 0.2
+"""Pause between attempts to apply a revocation Redis did not confirm."""
+REPLICA_ACK_TIMEOUT_MS = 1000
+"""How long a revocation waits for Redis replicas to acknowledge it."""
 
 
 @dataclass(frozen=True, slots=True)
 class CacheRead:
-    """What a lookup found, and the cache's generation when it looked."""
+    """What a lookup found, the cache's generation and the time it looked.
+
+    `read_at` (wall clock, seconds) bounds a fill made from this lookup: the
+    entry expires `ttl` after it, however late the fill reaches the cache.
+    """
 
     entry: UserEntry | None
     generation: int
+    read_at: float = 0.0
 
 
 class AuthCache(Protocol):
@@ -54,21 +82,21 @@ class AuthCache(Protocol):
         ...
 
     async def put(
-        self, user: UserEntry, session_id: str | None, generation: int
+        self, user: UserEntry, session_id: str | None, seen: CacheRead
     ) -> None:
-        """Cache a user (and mark a session live), read after `generation` was.
+        """Cache a user (and mark a session live), read after lookup `seen`.
 
         Nothing is stored when anything was forgotten since: the user may
         have been read from before that change.
         """
         ...
 
-    async def forget_user(self, user_id: int) -> None:
-        """Drop a user's entry (after any change to it); a new generation."""
-        ...
+    async def forget(self, user_id: int | None, session_ids: Iterable[str]) -> None:
+        """Drop a user's entry and sessions' markers (after a change); a new generation.
 
-    async def forget_sessions(self, session_ids: Iterable[str]) -> None:
-        """Drop live-session markers (after revocations); a new generation."""
+        Returns only once no process can be answered from an entry or marker
+        older than the change (see the module docstring).
+        """
         ...
 
 
@@ -105,37 +133,62 @@ class MemoryAuthCache:
         return CacheRead(user, self._generation)
 
     async def put(
-        self, user: UserEntry, session_id: str | None, generation: int
+        self, user: UserEntry, session_id: str | None, seen: CacheRead
     ) -> None:
         """Cache `user`, and its session as live, unless forgotten meanwhile."""
-        if self.ttl <= 0 or generation != self._generation:
+        # One process: a deletion always lands, so the generation is enough.
+        if self.ttl <= 0 or seen.generation != self._generation:
             return
         self._write(f"user:{user['id']}", user)
         if session_id is not None:
             self._write(f"sess:{session_id}", True)
 
-    async def forget_user(self, user_id: int) -> None:
-        """Drop the user."""
+    async def forget(self, user_id: int | None, session_ids: Iterable[str]) -> None:
+        """Drop the user and the sessions."""
         self._generation += 1
-        self._entries.pop(f"user:{user_id}", None)
-
-    async def forget_sessions(self, session_ids: Iterable[str]) -> None:
-        """Drop the sessions."""
-        self._generation += 1
-        for session_id in session_ids:
-            self._entries.pop(f"sess:{session_id}", None)
+        keys = [f"sess:{session_id}" for session_id in session_ids]
+        if user_id is not None:
+            keys.append(f"user:{user_id}")
+        for key in keys:
+            self._entries.pop(key, None)
 
 
+# KEYS: generation, user entry, [session marker]
+# ARGV: generation seen, user JSON, absolute expiry (ms), a fresh random generation
 _PUT = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if not current then
+    -- Redis lost the counter (restart, eviction): start it where no lookup
+    -- made before the loss can match, and keep nothing this time.
+    redis.call('SET', KEYS[1], ARGV[4], 'NX')
     return 0
 end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+if current ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
 if KEYS[3] then
-    redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+    redis.call('SET', KEYS[3], '1', 'PXAT', ARGV[3])
 end
 return 1
 """
+
+# KEYS: generation, the entries to delete; ARGV: a fresh random generation
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('INCR', KEYS[1])
+for i = 2, #KEYS do
+    redis.call('DEL', KEYS[i])
+end
+return 1
+"""
+
+
+def _fresh_generation() -> int:
+    """A counter start no earlier lookup saw (2**40 and up; Lua's doubles are exact)."""
+    return (1 << 40) + secrets.randbelow(1 << 50)
 
 
 class RedisAuthCache:
@@ -150,6 +203,10 @@ class RedisAuthCache:
         self.enabled = ttl_seconds > 0
         # Checked and stored in one step: a deletion cannot fall in between.
         self._put_if_current = redis.register_script(_PUT)
+        # Revocations go through a plain client on the same connections: a
+        # fail-fast client would skip exactly the attempts that must be made.
+        self._direct = Redis(connection_pool=redis.connection_pool)
+        self._forget = self._direct.register_script(_FORGET)
 
     def _keys(self, user_id: int, session_id: str | None) -> list[str]:
         """The generation, the user's entry and (when given) the session's marker."""
@@ -162,6 +219,7 @@ class RedisAuthCache:
         """One MGET; any Redis trouble reads as a miss (the database decides)."""
         if not self.enabled:
             return CacheRead(None, UNKNOWN_GENERATION)
+        read_at = time.time()
         keys = self._keys(user_id, session_id)
         try:
             generation, user_json, *session_live = await self.redis.mget(keys)
@@ -172,48 +230,92 @@ class RedisAuthCache:
             return CacheRead(None, UNKNOWN_GENERATION)
         seen = int(generation or 0)
         if user_json is None or None in session_live:
-            return CacheRead(None, seen)
+            return CacheRead(None, seen, read_at)
         user: UserEntry = orjson.loads(user_json)
-        return CacheRead(user, seen)
+        return CacheRead(user, seen, read_at)
 
     async def put(
-        self, user: UserEntry, session_id: str | None, generation: int
+        self, user: UserEntry, session_id: str | None, seen: CacheRead
     ) -> None:
         """Cache the user (and session) unless forgotten since; errors are logged."""
-        if not self.enabled or generation == UNKNOWN_GENERATION:
+        if not self.enabled or seen.generation == UNKNOWN_GENERATION:
             return
+        expires_at_ms = int((seen.read_at + self.ttl) * 1000)
         try:
             await self._put_if_current(
                 keys=self._keys(user["id"], session_id),
-                args=[generation, orjson.dumps(user), self.ttl],
+                args=[
+                    seen.generation,
+                    orjson.dumps(user),
+                    expires_at_ms,
+                    _fresh_generation(),
+                ],
             )
         except Exception as exc:
             logger.warning(
                 "auth cache unavailable", extra={"error": type(exc).__name__}
             )
 
-    async def forget_user(self, user_id: int) -> None:
-        """Delete the user's entry."""
-        await self._delete([f"{self.prefix}user:{user_id}"])
+    async def forget(self, user_id: int | None, session_ids: Iterable[str]) -> None:
+        """Delete the user's entry and the sessions' markers, confirmed or waited out."""
+        keys = [f"{self.prefix}sess:{sid}" for sid in session_ids]
+        if user_id is not None:
+            keys.append(f"{self.prefix}user:{user_id}")
+        await self._invalidate(keys)
 
-    async def forget_sessions(self, session_ids: Iterable[str]) -> None:
-        """Delete the sessions' markers."""
-        await self._delete([f"{self.prefix}sess:{sid}" for sid in session_ids])
+    async def _invalidate(self, keys: list[str]) -> None:
+        """Delete `keys` until Redis confirms it, or until they cannot matter.
 
-    async def _delete(self, keys: list[str]) -> None:
-        if not keys:
+        Called after the change committed, so every entry written from a read
+        made before it expires by `deadline`; after that the database decides
+        for every process even if the deletion never lands.
+        """
+        if not keys or not self.enabled:
             return
-        try:
-            # One transaction: a fill checked between the two would store an
-            # entry read before the change.
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.incr(self.generation_key)
-                pipe.delete(*keys)
-                await pipe.execute()
-        except Exception as exc:
-            # Entries expire within the TTL; log loudly so operators know.
+        deadline = time.time() + self.ttl + CLOCK_SKEW_MARGIN_SECONDS
+        attempts = 0
+        while True:
+            attempts += 1
+            remaining = deadline - time.time()
+            try:
+                async with asyncio.timeout(max(remaining, RETRY_INTERVAL_SECONDS)):
+                    if await self._apply(keys):
+                        return
+            except Exception as exc:  # any failure means "not confirmed"
+                self._log_unconfirmed(exc, attempts)
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                logger.warning(
+                    "auth cache invalidation waited out",
+                    extra={
+                        "event": "cache_invalidation_waited_out",
+                        "attempts": attempts,
+                    },
+                )
+                return
+            await asyncio.sleep(min(RETRY_INTERVAL_SECONDS, remaining))
+
+    async def _apply(self, keys: list[str]) -> bool:
+        """One attempt: delete and, with replicas, wait for them to acknowledge.
+
+        Without the replicas' acknowledgement a failover could promote one that
+        still holds the entries.
+        """
+        await self._forget(
+            keys=[self.generation_key, *keys], args=[_fresh_generation()]
+        )
+        role = await self._direct.role()
+        replicas = len(role[2]) if role and role[0] in ("master", b"master") else 0
+        if replicas == 0:
+            return True
+        acknowledged = await self._direct.wait(replicas, REPLICA_ACK_TIMEOUT_MS)
+        return int(acknowledged) >= replicas
+
+    @staticmethod
+    def _log_unconfirmed(exc: BaseException, attempts: int) -> None:
+        if attempts == 1:
             logger.error(
-                "auth cache invalidation failed",
+                "auth cache invalidation failed; retrying until confirmed or expired",
                 extra={
                     "event": "cache_invalidation_failed",
                     "error": type(exc).__name__,

@@ -109,7 +109,14 @@ class Settings(BaseSettings):
     RATE_LIMIT_AUTH: str = "20/minute"
     RATE_LIMIT_WRITES: str = "120/minute"
 
-    AUTH_CACHE_TTL_SECONDS: float = Field(default=30.0, ge=0)
+    # How long one Redis command may take before Redis counts as down (the
+    # callers then use their fallbacks for a few seconds).
+    REDIS_SOCKET_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
+    # How long a checked user or live session is answered from the cache. It
+    # also bounds a revocation while Redis fails: the revoking request waits
+    # until it is confirmed or this long (+1 s), so every entry from before
+    # it has expired (app/core/cache.py).
+    AUTH_CACHE_TTL_SECONDS: float = Field(default=10.0, ge=0)
     METRICS_ENABLED: bool = True
     METRICS_TOKEN: SecretStr | None = None
 

@@ -213,7 +213,7 @@ async def _revoke_for_reuse(
     )
     await _audit_revocation(session, None, family_id, "token_reuse", user_id=user_id)
     await session.commit()
-    await auth_cache.forget_sessions(session, revoked)
+    await auth_cache.forget(session, session_ids=revoked)
     security_log.warning(
         "refresh_token_reuse",
         extra={"event": "refresh_token_reuse", "user_id": user_id},
@@ -251,7 +251,7 @@ async def refresh(
     if not user.is_active:
         revoked = await repository.revoke(now, "user_inactive", user_id=user.id)
         await session.commit()
-        await auth_cache.forget_sessions(session, revoked)
+        await auth_cache.forget(session, session_ids=revoked)
         raise InvalidRefreshTokenError
     next_token = new_refresh_token()
     await repository.add_token(family_id, hash_refresh_token(next_token))
@@ -277,7 +277,7 @@ async def logout(session: AsyncSession, principal: Principal) -> None:
         )
         await _audit_revocation(session, principal, principal.session_id, "logout")
         await session.commit()
-        await auth_cache.forget_sessions(session, revoked)
+        await auth_cache.forget(session, session_ids=revoked)
 
 
 async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
@@ -297,8 +297,7 @@ async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:
         changes={"sessions_revoked": {"old": None, "new": len(revoked)}},
     )
     await session.commit()
-    await auth_cache.forget_user(session, principal.user_id)
-    await auth_cache.forget_sessions(session, revoked)
+    await auth_cache.forget(session, user_id=principal.user_id, session_ids=revoked)
     return len(revoked)
 
 
@@ -327,7 +326,7 @@ async def revoke_session(
         raise NotFoundError("Session not found")
     await _audit_revocation(session, principal, session_id, "revoked_by_user")
     await session.commit()
-    await auth_cache.forget_sessions(session, revoked)
+    await auth_cache.forget(session, session_ids=revoked)
 
 
 async def authenticate(

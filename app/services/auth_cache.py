@@ -1,6 +1,6 @@
 """The access check's cache: filled from the database, emptied after changes.
 
-Services call `forget_user` / `forget_sessions` right after committing a change
+Services call `forget` right after committing a change
 that affects access (status, role, names, token version, revocations); the cache
 travels with the database session (`session.info`), so services need no extra
 argument and code without a cache (the CLI) simply skips it.
@@ -62,20 +62,23 @@ async def access_entry(
     entry = user_entry(state.user)
     if state.user.is_active:
         # Dropped if a change committed meanwhile: `state` may predate it.
-        await cache.put(entry, session_id, cached.generation)
+        await cache.put(entry, session_id, cached)
     return entry
 
 
-async def forget_user(session: AsyncSession, user_id: int) -> None:
-    """Drop a user's cached entry (call after the commit)."""
-    cache = _cache_of(session)
-    if cache is not None:
-        await cache.forget_user(user_id)
+async def forget(
+    session: AsyncSession,
+    *,
+    user_id: int | None = None,
+    session_ids: Iterable[str] = (),
+) -> None:
+    """Drop a user's entry and revoked sessions' markers (call after the commit).
 
-
-async def forget_sessions(session: AsyncSession, session_ids: Iterable[str]) -> None:
-    """Drop revoked sessions' markers (call after the commit)."""
+    With Redis this may wait: it returns once no process can still answer from
+    an entry older than the change, even when Redis failed meanwhile
+    (`app.core.cache`). The caller's 2xx must come after it.
+    """
     cache = _cache_of(session)
     ids = list(session_ids)
-    if cache is not None and ids:
-        await cache.forget_sessions(ids)
+    if cache is not None and (user_id is not None or ids):
+        await cache.forget(user_id, ids)

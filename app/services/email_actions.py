@@ -95,7 +95,7 @@ async def confirm_verification(session: AsyncSession, token: str) -> None:
             changes={"is_verified": {"old": False, "new": True}},
         )
     await session.commit()
-    await auth_cache.forget_user(session, user.id)
+    await auth_cache.forget(session, user_id=user.id)
 
 
 async def request_password_reset(session: AsyncSession, email: str) -> None:
@@ -174,7 +174,6 @@ async def confirm_password_reset(
     )
     await events.emit_user_event(session, event_types.USER_PASSWORD_CHANGED, user.id)
     await session.commit()
-    await auth_cache.forget_user(session, user.id)
-    await auth_cache.forget_sessions(session, revoked)
+    await auth_cache.forget(session, user_id=user.id, session_ids=revoked)
     # Whoever holds the inbox now owns the account: lift any lockout.
     await guard.record_success(guard.account_key(user.id, user.email))

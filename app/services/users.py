@@ -156,7 +156,7 @@ async def update_profile(
     if _apply(user, payload.model_dump(exclude_unset=True)):
         await _audit_user(session, principal, "user.update", user, before)
         await session.commit()
-        await auth_cache.forget_user(session, user.id)  # names are in the cache
+        await auth_cache.forget(session, user_id=user.id)  # names are in the cache
     return user
 
 
@@ -201,8 +201,7 @@ async def update_user(
     if "is_active" in changed:
         await _emit_status(session, user)
     await session.commit()
-    await auth_cache.forget_user(session, user.id)
-    await auth_cache.forget_sessions(session, revoked_ids)
+    await auth_cache.forget(session, user_id=user.id, session_ids=revoked_ids)
     return user
 
 
@@ -286,8 +285,7 @@ async def delete_user(
         )
         await _emit_status(session, user)
     await session.commit()
-    await auth_cache.forget_user(session, user_id)
-    await auth_cache.forget_sessions(session, ended)
+    await auth_cache.forget(session, user_id=user_id, session_ids=ended)
     for key in files:  # after the commit: a failed commit must not lose files
         await storage.delete(key)
 
@@ -361,5 +359,5 @@ async def change_password(
     )
     await events.emit_user_event(session, event_types.USER_PASSWORD_CHANGED, user.id)
     await session.commit()
-    await auth_cache.forget_sessions(session, revoked)
+    await auth_cache.forget(session, session_ids=revoked)
     return len(revoked)

@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 def wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
+    # Generous: a loaded two-core machine has taken over 30 s to start three.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         try:

@@ -1,0 +1,246 @@
+"""Revocations under Redis faults, with real processes: `serve --workers 2`, a
+private redis-server the test pauses (SIGSTOP), kills and restarts from its
+append-only file, and the old access token tried on every worker afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.database import upgrade_to_head
+from tests.conftest import (
+    TEST_DATABASE_URL,
+    _create_postgres_database,
+    _drop_postgres_database,
+)
+from tests.e2e.test_server import free_port, wait_until_up
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server not installed"
+)
+PASSWORD = "Revoke-Proc-Pass-1"
+CACHE_TTL = 15  # long enough that only a correct revocation explains a 401
+
+
+class DurableRedis:
+    """A private redis-server with an append-only file, so a restart keeps its data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as probe:
+                    probe.sendall(b"PING\r\n")
+                    if probe.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def crash(self) -> None:
+        """SIGKILL: gone at once, its append-only file kept as it was."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[str]:
+    """PostgreSQL when the suite has it, else SQLite (both workers share it)."""
+    if TEST_DATABASE_URL is None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'revoke.db'}"
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+        return
+    name, url = await _create_postgres_database(TEST_DATABASE_URL)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+    finally:
+        await _drop_postgres_database(TEST_DATABASE_URL, name)
+
+
+@pytest.fixture
+def service(database: str, tmp_path: Path) -> Iterator[tuple[str, DurableRedis]]:
+    """`serve --workers 2` on one port, with the private Redis."""
+    redis = DurableRedis(tmp_path)
+    redis.start()
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DATABASE_", "REDIS_"))
+        },
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": "revocation-process-test-secret-0123456789abcdef",
+        "DATABASE_URL": database,
+        "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "AUTH_CACHE_TTL_SECONDS": str(CACHE_TTL),
+        "RATE_LIMIT_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "STORAGE_DIR": str(tmp_path / "files"),
+        "MAIL_DIR": str(tmp_path / "mail"),
+    }
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, process)
+        yield base, redis
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        redis.stop()
+
+
+def _session(base: str, username: str) -> dict[str, str]:
+    body = {
+        "email": f"{username}@example.com",
+        "username": username,
+        "password": PASSWORD,
+        "confirm_password": PASSWORD,
+        "first_name": "Rev",
+        "last_name": "Oked",
+    }
+    assert httpx.post(f"{base}/api/v1/auth/signup", json=body, timeout=30).is_success
+    response = httpx.post(
+        f"{base}/api/v1/auth/login",
+        data={"username": username, "password": PASSWORD},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    # Cached in Redis from here on, for every worker.
+    assert httpx.get(f"{base}/api/v1/users/me", headers=headers).status_code == 200
+    return headers
+
+
+def _in_background(call: Callable[[], httpx.Response]) -> Callable[[], httpx.Response]:
+    """Start `call` in a thread; the returned function waits for its answer."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    thread.start()
+
+    def result() -> httpx.Response:
+        thread.join(timeout=60)
+        assert outcome, "the request did not finish"
+        response: httpx.Response = outcome[0]
+        return response
+
+    return result
+
+
+def _answers_afterwards(base: str, headers: dict[str, str]) -> set[int]:
+    """What the old token gets, on fresh connections (spread over the workers)."""
+    statuses = {
+        httpx.get(f"{base}/api/v1/users/me", headers=headers, timeout=30).status_code
+        for _ in range(12)
+    }
+    statuses |= {
+        httpx.post(
+            f"{base}/api/v1/items", json={"title": "t"}, headers=headers, timeout=30
+        ).status_code
+        for _ in range(4)
+    }
+    return statuses
+
+
+def test_a_logout_while_redis_is_paused_holds_on_every_worker(
+    service: tuple[str, DurableRedis],
+) -> None:
+    base, redis = service
+    headers = _session(base, "paused")
+
+    redis.signal(signal.SIGSTOP)
+    logout = _in_background(
+        lambda: httpx.post(f"{base}/api/v1/auth/logout", headers=headers, timeout=60)
+    )
+    time.sleep(3)  # past the client's socket timeout: Redis counts as down
+    redis.signal(signal.SIGCONT)
+
+    assert logout().status_code == 204
+    assert _answers_afterwards(base, headers) == {401}
+
+
+def test_a_logout_all_while_redis_is_down_holds_after_it_restarts_with_its_data(
+    service: tuple[str, DurableRedis],
+) -> None:
+    base, redis = service
+    headers = _session(base, "crashed")
+
+    redis.crash()  # the cached entry is in its append-only file
+    logout_all = _in_background(
+        lambda: httpx.post(
+            f"{base}/api/v1/auth/logout-all", headers=headers, timeout=60
+        )
+    )
+    time.sleep(1)
+    redis.start()  # ...and back with it
+
+    assert logout_all().status_code == 204
+    assert _answers_afterwards(base, headers) == {401}
+
+
+def test_a_logout_while_redis_stays_down_holds_when_its_data_comes_back(
+    service: tuple[str, DurableRedis],
+) -> None:
+    base, redis = service
+    headers = _session(base, "late")
+
+    redis.crash()
+    answer = httpx.post(f"{base}/api/v1/auth/logout", headers=headers, timeout=60)
+    redis.start()  # after the answer, with the entry from before the logout
+
+    assert answer.status_code == 204
+    assert _answers_afterwards(base, headers) == {401}
