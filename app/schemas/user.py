@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from app.core.scopes import Role
+from app.core.text import unsafe_characters
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
@@ -53,6 +55,24 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
+def refuse_unsafe_characters(value: object) -> object:
+    """Refuse control and format characters (and line separators) in a name.
+
+    Checked before whitespace is stripped, so a trailing newline is refused
+    too: a name is one line of visible text, and one that could break lines
+    could forge content in the emails that greet it.
+
+    Raises:
+        ValueError: Naming the first such character.
+    """
+    if isinstance(value, str) and (found := unsafe_characters(value)):
+        raise ValueError(
+            "must not contain control or format characters "
+            f"(found U+{ord(found[0]):04X})"
+        )
+    return value
+
+
 Password = Annotated[
     str,
     Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH),
@@ -65,9 +85,12 @@ Username = Annotated[
         strip_whitespace=True, min_length=3, max_length=50, pattern=_USERNAME_PATTERN
     ),
     AfterValidator(_lower),
+    BeforeValidator(refuse_unsafe_characters),
 ]
 PersonName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    BeforeValidator(refuse_unsafe_characters),
 ]
 Phone = Annotated[
     str,
