@@ -20,6 +20,7 @@ from app.core.config import Settings, get_settings
 from app.core.exceptions import AppError
 from app.core.logging import configure_logging
 from app.core.security import PasswordHasher
+from app.core.text import IdentityCollisionError
 from app.database import Database, safe_url, upgrade_to_head
 from app.schemas.user import SuperuserCreate
 from app.services import accounts
@@ -111,6 +112,8 @@ def migrate() -> None:
         upgrade_to_head(settings.DATABASE_URL)
     except (DBAPIError, OSError) as exc:
         _database_unreachable(settings, exc)
+    except IdentityCollisionError as exc:  # the report, not a traceback
+        _fail(str(exc))
     typer.echo(f"Database at {safe_url(settings.DATABASE_URL)} is up to date.")
 
 

@@ -17,12 +17,14 @@ from urllib.parse import unquote
 import jwt
 import pytest
 from aiosmtpd.controller import Controller
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
 from app.core.logging import JsonFormatter
 from app.core.security import PasswordHasher
+from app.database import alembic_config
 
 
 def claims_of(token: str, settings: Settings) -> dict[str, Any]:
@@ -147,3 +149,25 @@ def pool_use_during_hashes(
     monkeypatch.setattr(hasher, "verify_and_update", watched_verify)
     monkeypatch.setattr(hasher, "burn_verify_time", watched_burn)
     return held
+
+
+def canonical_identities_revisions() -> tuple[str, str]:
+    """The migration adding canonical identities, and the revision before it.
+
+    Found by file name, so the tests follow it when migrations are re-chained.
+    """
+    scripts = ScriptDirectory.from_config(alembic_config())
+    [script] = [
+        script
+        for script in scripts.walk_revisions()
+        if script.path.endswith("_canonical_identities.py")
+    ]
+    assert isinstance(script.down_revision, str)
+    return script.down_revision, script.revision
+
+
+def fullwidth(text: str) -> str:
+    """`text` with its printable ASCII in fullwidth forms (NFKC maps them back)."""
+    return "".join(
+        chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text
+    )

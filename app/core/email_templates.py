@@ -3,7 +3,9 @@
 Templates live in `app/templates/emails/` as `<name>.txt` and `<name>.html` and use
 `string.Template` placeholders (`$name`). Every value is HTML-escaped in the HTML
 variant, and tokens are percent-encoded before they go into a link, so neither a
-user's name nor a token can change the markup or the URL.
+user's name nor a token can change the markup or the URL. Control and format
+characters in a value become spaces in both variants, so no value (a name the
+database somehow holds with a newline) can add a line to the text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from string import Template
 from urllib.parse import quote
 
 from app.core.email import EmailMessage
+from app.core.text import single_line
 
 WELCOME_SUBJECT = "Welcome!"
 VERIFY_EMAIL_SUBJECT = "Confirm your email address"
@@ -99,12 +102,13 @@ def _render_link_email(
 def _render(
     template: str, to: str, subject: str, values: Mapping[str, str]
 ) -> EmailMessage:
-    escaped = {key: html.escape(value) for key, value in values.items()}
+    lines = {key: single_line(value) for key, value in values.items()}
+    escaped = {key: html.escape(value) for key, value in lines.items()}
     # substitute (not safe_substitute): a misspelt placeholder fails loudly in tests.
     return EmailMessage(
         to=to,
         subject=subject,
-        text=_template(f"{template}.txt").substitute(values),
+        text=_template(f"{template}.txt").substitute(lines),
         html=_template(f"{template}.html").substitute(escaped),
     )
 

@@ -10,12 +10,13 @@ from sqlalchemy import Select, Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.text import canonical_identity
 from app.models.user import User
 from app.repositories.errors import unique_violation
 from app.repositories.search import LIKE_ESCAPE, escape_like
 from app.schemas.user import UserFilters
 
-UNIQUE_COLUMNS = ("email", "username")
+UNIQUE_COLUMNS = ("email_canonical", "username_canonical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +47,27 @@ TOKEN_HOLDER_COLUMNS = tuple(_USERS.c[field.name] for field in fields(TokenHolde
 _LOGIN_COLUMNS = tuple(_USERS.c[field.name] for field in fields(LoginAccount))
 # Login looks a user up on every attempt: built once, each statement's cache
 # key is computed once too (a fresh select costs that on every call).
-_LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(User.email == bindparam("login"))
-_LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(User.username == bindparam("login"))
+# Each is one lookup in a unique index (of the canonical columns).
+_LOGIN_BY_EMAIL = select(*_LOGIN_COLUMNS).where(
+    User.email_canonical == bindparam("login")
+)
+_LOGIN_BY_USERNAME = select(*_LOGIN_COLUMNS).where(
+    User.username_canonical == bindparam("login")
+)
 
 
 async def find_login_account(
     connection: AsyncConnection, identifier: str
 ) -> LoginAccount | None:
-    """The account whose email or username is `identifier` (case-insensitive).
+    """The account whose email or username is `identifier`, in any spelling.
+
+    Fullwidth, compatibility and case variants find the one account: the
+    lookup is by canonical form (`canonical_identity`).
 
     Columns on a plain connection, not an entity in a session: login reads
     nine values and changes none of them (see `store_password_hash`).
     """
-    value = identifier.strip().lower()
+    value = canonical_identity(identifier)
     statement = _LOGIN_BY_EMAIL if "@" in value else _LOGIN_BY_USERNAME
     row = (await connection.execute(statement, {"login": value})).first()
     return None if row is None else LoginAccount(**row._mapping)

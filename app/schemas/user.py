@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from app.core.scopes import Role
+from app.core.text import canonical_identity, unsafe_characters
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
@@ -49,8 +51,33 @@ def check_password_strength(password: str) -> str:
     return password
 
 
-def _lower(value: str) -> str:
-    return value.lower()
+EMAIL_MAX_LENGTH = 255
+
+
+def _canonical_fits(email: str) -> str:
+    # Folding can lengthen an address ("ß" -> "ss", "ﬃ" -> "ffi"); its
+    # canonical form must fit the column too (else PostgreSQL refuses it: 500).
+    if len(canonical_identity(email)) > EMAIL_MAX_LENGTH:
+        raise ValueError(f"must be at most {EMAIL_MAX_LENGTH} characters once folded")
+    return email
+
+
+def refuse_unsafe_characters(value: object) -> object:
+    """Refuse control and format characters (and line separators) in a name.
+
+    Checked before whitespace is stripped, so a trailing newline is refused
+    too: a name is one line of visible text, and one that could break lines
+    could forge content in the emails that greet it.
+
+    Raises:
+        ValueError: Naming the first such character.
+    """
+    if isinstance(value, str) and (found := unsafe_characters(value)):
+        raise ValueError(
+            "must not contain control or format characters "
+            f"(found U+{ord(found[0]):04X})"
+        )
+    return value
 
 
 Password = Annotated[
@@ -58,16 +85,24 @@ Password = Annotated[
     Field(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH),
     AfterValidator(check_password_strength),
 ]
-NormalisedEmail = Annotated[EmailStr, Field(max_length=255), AfterValidator(_lower)]
+# An email as email-validator normalises it (the domain by IDNA, the local
+# part as typed); unique by its canonical form, not by this spelling.
+NormalisedEmail = Annotated[
+    EmailStr, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(_canonical_fits)
+]
+# ASCII only, so fullwidth letters are refused rather than silently mapped: a
+# username is shown as typed (case kept) and unique by its folded form.
 Username = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=3, max_length=50, pattern=_USERNAME_PATTERN
     ),
-    AfterValidator(_lower),
+    BeforeValidator(refuse_unsafe_characters),
 ]
 PersonName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    BeforeValidator(refuse_unsafe_characters),
 ]
 Phone = Annotated[
     str,
@@ -169,7 +204,7 @@ class UserSignup(StrictInput):
     def _passwords_consistent(self) -> Self:
         if self.password != self.confirm_password:
             raise ValueError("Passwords do not match")
-        if self.email.lower() in self.password.lower():
+        if self.email.casefold() in self.password.casefold():
             raise ValueError("Password must not contain the email address")
         return self
 

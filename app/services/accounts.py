@@ -20,8 +20,8 @@ from app.schemas.user import UserSignup
 from app.services import audit, events
 
 _CONFLICTS: dict[str, type[AppError]] = {
-    "email": EmailAlreadyRegisteredError,
-    "username": UsernameTakenError,
+    "email_canonical": EmailAlreadyRegisteredError,
+    "username_canonical": UsernameTakenError,
 }
 
 

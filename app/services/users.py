@@ -62,7 +62,7 @@ def ensure_password_avoids_email(email: str, password: str) -> None:
     Raises:
         PasswordLikeEmailError: It does.
     """
-    if email in password.lower():
+    if email.casefold() in password.casefold():
         raise PasswordLikeEmailError(
             details=[
                 {"field": "body.new_password", "message": "must not contain the email"}

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from alembic import command
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core.config import get_settings
+from app.database import alembic_config
+from tests.helpers import canonical_identities_revisions, fullwidth
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -55,17 +58,18 @@ def test_migrate_then_create_superuser(cli_env: Path) -> None:
     assert created.exit_code == 0, created.output
     with sqlite3.connect(cli_env) as db:
         row = db.execute(
-            "SELECT email, role, is_active, is_verified, hashed_password FROM users"
+            "SELECT email, email_canonical, username_canonical, role, is_active,"
+            " is_verified, hashed_password FROM users"
         ).fetchone()
-    assert row[:4] == ("root@example.com", "admin", 1, 1)
-    assert row[4].startswith("$argon2id$")
+    assert row[:6] == ("Root@example.com", "root@example.com", "root", "admin", 1, 1)
+    assert row[6].startswith("$argon2id$")
 
     again = runner.invoke(
         cli,
         [
             "create-superuser",
             "--email",
-            "root@example.com",
+            fullwidth("root") + "@example.com",  # fullwidth: the same identity
             "--username",
             "root2",
             "--password",
@@ -74,6 +78,23 @@ def test_migrate_then_create_superuser(cli_env: Path) -> None:
     )
     assert again.exit_code == 1
     assert "already exists" in again.output
+
+
+def test_migrate_reports_accounts_that_would_share_one_identity(cli_env: Path) -> None:
+    before, _ = canonical_identities_revisions()
+    command.upgrade(alembic_config(f"sqlite+aiosqlite:///{cli_env}"), before)
+    with sqlite3.connect(cli_env) as db:
+        db.executemany(
+            "INSERT INTO users (email, username, hashed_password, first_name,"
+            " last_name) VALUES (?, ?, 'x', 'F', 'L')",
+            [("cux@example.com", "cux"), (fullwidth("cux") + "@example.com", "cux2")],
+        )
+
+    migrated = runner.invoke(cli, ["migrate"])
+
+    assert migrated.exit_code == 1
+    assert "email 'cux@example.com': id 1 ('cux@example.com'), id 2" in migrated.output
+    assert "Traceback" not in migrated.output
 
 
 def test_create_superuser_prompts_without_echoing_the_password(cli_env: Path) -> None:

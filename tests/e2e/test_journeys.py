@@ -23,7 +23,7 @@ async def test_signup_login_me_refresh_logout_then_refresh_fails(
     tokens = login.json()
 
     me = await client.get("/api/v1/users/me", headers=bearer(tokens["access_token"]))
-    assert me.json()["data"]["email"] == "ada.lovelace@example.com"
+    assert me.json()["data"]["email"] == "Ada.Lovelace@example.com"
 
     rotated = await client.post(
         "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}

@@ -40,7 +40,7 @@ async def test_signup_is_audited_with_secrets_redacted(
     changes = row["changed_fields"]
     if isinstance(changes, str):  # SQLite returns JSON text through raw SQL
         changes = json.loads(changes)
-    assert changes["email"] == {"old": None, "new": "ada.lovelace@example.com"}
+    assert changes["email"] == {"old": None, "new": "Ada.Lovelace@example.com"}
     assert changes["hashed_password"] == {"old": None, "new": "[REDACTED]"}
     assert "Analytical1" not in str(row)
     assert "$argon2" not in str(row)

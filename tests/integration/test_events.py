@@ -114,7 +114,7 @@ async def test_signup_sends_exactly_one_welcome_email(
     assert await relay(mail_app) == 1
     assert await relay(mail_app) == 0  # nothing left to publish
     [message] = sink.messages
-    assert message["To"] == "ada.lovelace@example.com"
+    assert message["To"] == "Ada.Lovelace@example.com"
     assert "Welcome" in message["Subject"]
     assert "Ada" in body_text(message)
     [row] = await outbox(mail_app.state.database.engine)
@@ -390,7 +390,7 @@ class TestEmailFlows:
         assert unknown.status_code == known.status_code == 202
         assert unknown.json() == known.json()  # no account enumeration
         resets = [m for m in sink.messages if "reset-password?token=" in body_text(m)]
-        assert [m["To"] for m in resets] == ["ada.lovelace@example.com"]
+        assert [m["To"] for m in resets] == ["Ada.Lovelace@example.com"]
         link_token = token_from(resets[0])
         body = reset_body(link_token)
         confirmed = await http.post("/api/v1/auth/password-reset/confirm", json=body)

@@ -37,8 +37,8 @@ async def test_constraints_have_stable_names(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
         found = await connection.run_sync(names)
     assert {
-        "uq_users_email",
-        "uq_users_username",
+        "uq_users_email_canonical",
+        "uq_users_username_canonical",
         "ck_users_email_format",
         "ck_users_role_valid",
         "ck_users_age_range",

@@ -30,7 +30,7 @@ async def test_signup_creates_user_and_answers_public_envelope(
     body = response.json()
     assert body["status"] == "success"
     user = body["data"]
-    assert user["email"] == "ada.lovelace@example.com"
+    assert user["email"] == "Ada.Lovelace@example.com"  # as typed (domain by IDNA)
     assert user["username"] == "ada"
     assert user["role"] == "user"
     assert user["is_active"] is True
@@ -58,7 +58,7 @@ async def test_signup_is_committed_before_201_leaves(
             ).one()
     finally:
         await other.dispose()
-    assert row.email == "ada.lovelace@example.com"
+    assert row.email == "Ada.Lovelace@example.com"
     assert row.hashed_password.startswith("$argon2id$")
     assert "Analytical1" not in row.hashed_password
 

@@ -72,6 +72,35 @@ def test_link_emails_carry_the_encoded_token_in_both_parts(
     assert "$" not in message.text + message.html
 
 
+FORGED = "there,\n\nSECURITY ALERT: confirm at http://evil.example\r\n\u2028\u202e"
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        lambda name: render_welcome("ada@example.org", name),
+        lambda name: render_verify_email(
+            "ada@example.org", name, "https://app.example.com", "tok", 60
+        ),
+        lambda name: render_password_reset(
+            "ada@example.org", name, "https://app.example.com", "tok", 60
+        ),
+    ],
+    ids=["welcome", "verify", "reset"],
+)
+def test_a_name_with_line_breaks_adds_no_line(
+    render: Callable[[str], EmailMessage],
+) -> None:
+    plain = render("Ada")
+    forged = render(FORGED)
+
+    assert len(forged.text.splitlines()) == len(plain.text.splitlines())
+    assert len(forged.html.splitlines()) == len(plain.html.splitlines())
+    [greeting] = [line for line in forged.text.splitlines() if "SECURITY" in line]
+    assert greeting.startswith("Hi there,")
+    assert "\u202e" not in forged.text + forged.html
+
+
 def test_html_special_characters_in_the_frontend_url_are_escaped() -> None:
     message = render_verify_email(
         "ada@example.org", "Ada", 'https://app.example.com/?x=1&y="2"', "tok", 60
