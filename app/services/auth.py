@@ -121,20 +121,20 @@ async def login(
     async with database.reader.connect() as connection:
         user = await find_login_account(connection, identifier)
     account = guard.account_key(user.id if user else None, identifier)
-    failures = await guard.admit(account, client.ip)
-    if user is None:
-        await hasher.burn_verify_time(password)
-        await guard.record_failure(account, client.ip, "unknown_account", failures)
-        raise InvalidCredentialsError
-    valid, upgraded_hash = await hasher.verify_and_update(
-        password, user.hashed_password
-    )
-    if not valid:
-        await guard.record_failure(account, client.ip, "wrong_password", failures)
-        raise InvalidCredentialsError
-    if not user.is_active:
-        raise AccountDisabledError
-    await guard.record_success(account)
+    async with guard.attempt(account, client.ip) as attempt:
+        if user is None:
+            await hasher.burn_verify_time(password)
+            await guard.record_failure(attempt, "unknown_account")
+            raise InvalidCredentialsError
+        valid, upgraded_hash = await hasher.verify_and_update(
+            password, user.hashed_password
+        )
+        if not valid:
+            await guard.record_failure(attempt, "wrong_password")
+            raise InvalidCredentialsError
+        if not user.is_active:
+            raise AccountDisabledError
+        await guard.record_success(attempt)
     requested = parse_scope(requested_scope)
     scopes = grant_scopes(user.role, requested)
     if requested and not scopes:

@@ -177,4 +177,4 @@ async def confirm_password_reset(
     await auth_cache.forget_user(session, user.id)
     await auth_cache.forget_sessions(session, revoked)
     # Whoever holds the inbox now owns the account: lift any lockout.
-    await guard.record_success(guard.account_key(user.id, user.email))
+    await guard.reset(guard.account_key(user.id, user.email))

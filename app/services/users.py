@@ -364,15 +364,14 @@ async def change_password(
     # Committing keeps `user` loaded (no expiry on commit).
     await session.commit()
     account = guard.account_key(user.id, user.email)
-    failures = await guard.admit(account, client_ip)
-    valid, _ = await hasher.verify_and_update(
-        payload.current_password, user.hashed_password
-    )
-    if not valid:
-        reason = "wrong_current_password"
-        await guard.record_failure(account, client_ip, reason, failures)
-        raise InvalidCurrentPasswordError
-    await guard.record_success(account)
+    async with guard.attempt(account, client_ip) as attempt:
+        valid, _ = await hasher.verify_and_update(
+            payload.current_password, user.hashed_password
+        )
+        if not valid:
+            await guard.record_failure(attempt, "wrong_current_password")
+            raise InvalidCurrentPasswordError
+        await guard.record_success(attempt)
     ensure_password_avoids_email(user.email, payload.new_password)
     new_hash = await hasher.hash(payload.new_password)
     # Locked for the write, as an admin's change is: the two run one after the
