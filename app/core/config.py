@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1, le=1440)
     REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES: int = Field(default=7 * 24 * 60, ge=1)
     REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS: int = Field(default=30, ge=1)
+    # A rotated refresh token presented again this soon (a retry whose answer
+    # was lost, two tabs) gets its successor again instead of revoking the
+    # family (RFC 9700 4.14.2); 0 turns the grace off.
+    REFRESH_TOKEN_REUSE_GRACE_SECONDS: int = Field(default=20, ge=0, le=300)
     REFRESH_COOKIE_NAME: str = "refresh_token"
     CSRF_COOKIE_NAME: str = "csrf_token"
     CSRF_HEADER_NAME: str = "X-CSRF-Token"
