@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -112,6 +113,11 @@ class Settings(BaseSettings):
     RATE_LIMIT_ENABLED: bool = True
     RATE_LIMIT_AUTH: str = "20/minute"
     RATE_LIMIT_WRITES: str = "120/minute"
+    # Link emails per recipient (anyone can ask for a reset): requests beyond
+    # are answered as usual (202) and send nothing. Not switched off by
+    # RATE_LIMIT_ENABLED.
+    PASSWORD_RESET_EMAIL_LIMIT: str = "3/15 minutes"  # noqa: S105 - a rate
+    VERIFICATION_EMAIL_LIMIT: str = "3/15 minutes"
 
     AUTH_CACHE_TTL_SECONDS: float = Field(default=30.0, ge=0)
     METRICS_ENABLED: bool = True
@@ -151,6 +157,16 @@ class Settings(BaseSettings):
         if "*" in value:
             raise ValueError("'*' is not allowed; list the exact origins")
         return [origin.rstrip("/") for origin in value]
+
+    @field_validator("PASSWORD_RESET_EMAIL_LIMIT", "VERIFICATION_EMAIL_LIMIT")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """A `limits` string such as `3/15 minutes`, refused at start if malformed."""
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError("must be a rate such as '3/15 minutes'") from exc
+        return value
 
     @field_validator("DATABASE_URL")
     @classmethod

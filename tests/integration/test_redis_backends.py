@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from app.core.attempts import ATTEMPT_LEASE_SECONDS, RedisLoginAttemptStore, Verdict
 from app.core.email import EmailUnavailableError
@@ -55,6 +56,7 @@ async def prefix() -> AsyncIterator[str]:
 
 AppFactory = Callable[..., Any]
 LOGIN = "/api/v1/auth/login"
+RESET_REQUEST = "/api/v1/auth/password-reset/request"
 
 
 @pytest.fixture
@@ -349,6 +351,53 @@ async def test_a_slot_held_by_a_dead_process_frees_itself(
     assert busy.verdict is Verdict.BUSY
     assert freed.verdict is Verdict.ADMITTED
     assert (await store.get("user:1", later)).failures == 0  # none was a failure
+
+
+async def test_reset_emails_are_limited_across_processes(
+    make_app: AppFactory, sink: MailSink
+) -> None:
+    first = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+    second = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+    await make_user(first, "target")
+    body = {"email": "target@example.com"}
+    async with client_for(first) as a, client_for(second) as b:
+        answers = await asyncio.gather(
+            *(
+                (a if index % 2 else b).post(RESET_REQUEST, json=body)
+                for index in range(10)
+            )
+        )
+    worker = consumer(first)
+    await worker.ensure_group()
+    while await first.state.events.relay.publish_pending():
+        pass
+    while await worker.process_once():
+        pass
+
+    assert [answer.status_code for answer in answers] == [202] * 10
+    resets = [m for m in sink.to("target@example.com") if "Reset" in m["Subject"]]
+    assert len(resets) == 3, [m["Subject"] for m in sink.messages]
+
+
+async def test_reset_emails_stay_limited_while_redis_is_down(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(REDIS_URL="redis://127.0.0.1:1/0")
+    await make_user(app, "target")
+    async with client_for(app) as http:
+        for _ in range(10):
+            answer = await http.post(
+                RESET_REQUEST, json={"email": "target@example.com"}
+            )
+            assert answer.status_code == 202
+    async with app.state.database.engine.connect() as connection:
+        queued = await connection.execute(
+            text(
+                "SELECT count(*) FROM outbox_events"
+                " WHERE event_type = 'user.password_reset_requested'"
+            )
+        )
+        assert queued.scalar_one() == 3  # counted in this process instead
 
 
 async def test_lockout_keys_outlive_a_long_window_and_lock(
