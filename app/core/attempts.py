@@ -387,6 +387,13 @@ class RedisLoginAttemptStore:
         await self.redis.delete(self.prefix + key)
 
 
+def _warn_fallback(exc: Exception) -> None:
+    logger.warning(
+        "login attempt store unavailable; counting in this process",
+        extra={"event": "attempt_store_fallback", "error": type(exc).__name__},
+    )
+
+
 class FallbackLoginAttemptStore:
     """Redis first; when Redis fails, a per-process store, never "no limit at all".
 
@@ -397,15 +404,14 @@ class FallbackLoginAttemptStore:
         """Prefer `primary`; use `fallback` while `primary` raises."""
         self.primary = primary
         self.fallback = fallback
+        # Attempts admitted by `fallback`: they end there (their slot is there).
+        self._local_attempts: set[str] = set()
 
     async def _call(self, method: str, *args: object) -> Any:
         try:
             return await getattr(self.primary, method)(*args)
         except Exception as exc:
-            logger.warning(
-                "login attempt store unavailable; counting in this process",
-                extra={"event": "attempt_store_fallback", "error": type(exc).__name__},
-            )
+            _warn_fallback(exc)
             return await getattr(self.fallback, method)(*args)
 
     async def get(self, key: str, now: float) -> AttemptState:
@@ -435,10 +441,12 @@ class FallbackLoginAttemptStore:
         local = await self.fallback.get(key, now)
         if local.locked_until > now:
             return Admission(Verdict.LOCKED, local.failures, local.locked_until)
-        admission: Admission = await self._call(
-            "begin_attempt", key, attempt_id, now, policy
-        )
-        return admission
+        try:
+            return await self.primary.begin_attempt(key, attempt_id, now, policy)
+        except Exception as exc:
+            _warn_fallback(exc)
+        self._local_attempts.add(attempt_id)
+        return await self.fallback.begin_attempt(key, attempt_id, now, policy)
 
     async def end_attempt(
         self,
@@ -448,7 +456,12 @@ class FallbackLoginAttemptStore:
         policy: LockoutPolicy,
         outcome: Outcome,
     ) -> int:
-        """End in Redis (or locally: a failure then counts in this process)."""
+        """End where the attempt began (Redis, or this process while Redis failed)."""
+        if attempt_id in self._local_attempts:
+            self._local_attempts.discard(attempt_id)
+            return await self.fallback.end_attempt(
+                key, attempt_id, now, policy, outcome
+            )
         failures: int = await self._call(
             "end_attempt", key, attempt_id, now, policy, outcome
         )
