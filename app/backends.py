@@ -19,6 +19,8 @@ from app.core.attempts import (
 from app.core.cache import AuthCache, MemoryAuthCache, RedisAuthCache
 from app.core.config import Settings
 from app.core.email import EmailTransport, SmtpConfig, build_transport
+from app.core.ratelimit import EmailThrottle, RateLimiter, storage_for
+from app.services.handlers import EMAIL_VERIFICATION, PASSWORD_RESET
 
 
 class FailFastRedis(Redis):
@@ -83,6 +85,24 @@ def email_transport(settings: Settings) -> EmailTransport:
         from_email=settings.EMAILS_FROM_EMAIL,
         from_name=settings.EMAILS_FROM_NAME,
     )
+
+
+def email_throttle(settings: Settings) -> EmailThrottle:
+    """Per-recipient email limits: in Redis (per process while it fails), or local."""
+    local = RateLimiter(storage_for(None), enabled=True, prefix="mail")
+    limiter = local
+    if settings.REDIS_URL:
+        limiter = RateLimiter(
+            storage_for(settings.REDIS_URL),
+            enabled=True,
+            prefix=f"{settings.REDIS_KEY_PREFIX}mail",
+            fallback=local,
+        )
+    limits = {
+        PASSWORD_RESET: settings.PASSWORD_RESET_EMAIL_LIMIT,
+        EMAIL_VERIFICATION: settings.VERIFICATION_EMAIL_LIMIT,
+    }
+    return EmailThrottle(limiter, limits)
 
 
 def login_attempt_store(settings: Settings, redis: Redis | None) -> LoginAttemptStore:

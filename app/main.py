@@ -15,7 +15,13 @@ from app.api.v1.endpoints import health, metrics
 from app.api.v1.endpoints.items import ATTACHMENT_UPLOAD_PATH
 from app.api.v1.router import include_v1
 from app.api.v2.router import include_v2
-from app.backends import auth_cache, email_transport, login_attempt_store, redis_client
+from app.backends import (
+    auth_cache,
+    email_throttle,
+    email_transport,
+    login_attempt_store,
+    redis_client,
+)
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
@@ -97,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         enabled=settings.RATE_LIMIT_ENABLED,
         prefix=f"{settings.REDIS_KEY_PREFIX}rl",
     )
+    app.state.email_throttle = email_throttle(settings)
     app.state.storage = LocalFileStorage(settings.STORAGE_DIR)
     app.state.redis = redis
     app.state.email_transport = transport

@@ -23,6 +23,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.backends import email_throttle
 from app.core.attempts import InMemoryLoginAttemptStore
 from app.core.cache import MemoryAuthCache
 from app.core.config import Settings
@@ -147,6 +148,7 @@ async def client(app: Any, engine: AsyncEngine) -> AsyncIterator[AsyncClient]:
     # No lockout or cached user carried over (ids restart after truncation).
     app.state.login_attempts = InMemoryLoginAttemptStore()
     app.state.auth_cache = MemoryAuthCache(app.state.settings.AUTH_CACHE_TTL_SECONDS)
+    app.state.email_throttle = email_throttle(app.state.settings)
     transport = ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http

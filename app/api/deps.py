@@ -25,7 +25,7 @@ from app.core.exceptions import (
     RateLimitedError,
 )
 from app.core.principal import Principal
-from app.core.ratelimit import RateLimiter
+from app.core.ratelimit import EmailThrottle, RateLimiter
 from app.core.scopes import SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
 from app.core.storage import FileStorage
@@ -216,6 +216,15 @@ async def get_storage(request: Request) -> FileStorage:
 
 
 StorageDep = Annotated[FileStorage, Depends(get_storage)]
+
+
+async def get_email_throttle(request: Request) -> EmailThrottle:
+    """The per-recipient limits of link emails."""
+    throttle: EmailThrottle = request.app.state.email_throttle
+    return throttle
+
+
+EmailThrottleDep = Annotated[EmailThrottle, Depends(get_email_throttle)]
 
 
 ResourceId = Annotated[int, Path(ge=1, le=MAX_ID)]

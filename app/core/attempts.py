@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -12,13 +13,29 @@ from redis.asyncio import Redis
 logger = logging.getLogger("app.security")
 
 
+ATTEMPT_LEASE_SECONDS = 60
+"""How long an admitted attempt holds its slot if it never ends (its process died).
+
+Longer than any password check, queued behind a burst of others, takes.
+"""
+
+
+class Outcome(StrEnum):
+    """How an admitted attempt ended."""
+
+    FAILED = "failed"  # wrong password: a failure, and maybe a lock
+    SUCCEEDED = "succeeded"  # right password: failures and lock are cleared
+    RELEASED = "released"  # neither (e.g. right password, disabled account)
+
+
 @dataclass(slots=True)
 class AttemptState:
-    """Failures counted in the current window, and any lock."""
+    """Failures counted in the current window, any lock, attempts under way."""
 
     failures: int = 0
     window_started: float = 0.0
     locked_until: float = 0.0
+    in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +46,15 @@ class LockoutPolicy:
     max_failures: int
     base_seconds: float
     max_seconds: float
+
+    def slots(self, failures: int) -> int:
+        """How many attempts may check a password at once after `failures`.
+
+        As many as failures are still allowed, so concurrent wrong guesses
+        never get more tries than guesses sent one by one; one at a time once
+        a lock has run out (each failure then locks again).
+        """
+        return max(self.max_failures - failures, 1)
 
     def lock_seconds(self, failures: int) -> float:
         """How long `failures` failures in the window lock the account (0: not).
@@ -41,11 +67,19 @@ class LockoutPolicy:
         return min(self.base_seconds * (1 << extra), self.max_seconds)
 
 
+class Verdict(StrEnum):
+    """What `begin_attempt` decided."""
+
+    ADMITTED = "admitted"
+    LOCKED = "locked"  # too many failures: wait for `locked_until`
+    BUSY = "busy"  # every slot is taken by attempts under way: retry soon
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The outcome of `begin_attempt`."""
 
-    admitted: bool
+    verdict: Verdict
     failures: int
     locked_until: float
 
@@ -62,15 +96,25 @@ class LoginAttemptStore(Protocol):
         ...
 
     async def begin_attempt(
-        self, key: str, now: float, policy: LockoutPolicy
+        self, key: str, attempt_id: str, now: float, policy: LockoutPolicy
     ) -> Admission:
-        """Atomically: refuse while `key` is locked; else count the attempt.
+        """Atomically: refuse while `key` is locked or its slots are taken.
 
-        The attempt counts as a failure until `reset` (a success) says
-        otherwise, and the lock it would earn by failing is set at once: so
+        Else take a slot (`LockoutPolicy.slots`) until `end_attempt`: so
         concurrent attempts cannot all pass a check made before any of them
-        failed.
+        failed, and an attempt under way is not a failure.
         """
+        ...
+
+    async def end_attempt(
+        self,
+        key: str,
+        attempt_id: str,
+        now: float,
+        policy: LockoutPolicy,
+        outcome: Outcome,
+    ) -> int:
+        """Free the attempt's slot and record its outcome; return the failures."""
         ...
 
     async def lock(self, key: str, until: float) -> None:
@@ -104,21 +148,47 @@ class InMemoryLoginAttemptStore:
             return self._count(key, now, window).failures
 
     async def begin_attempt(
-        self, key: str, now: float, policy: LockoutPolicy
+        self, key: str, attempt_id: str, now: float, policy: LockoutPolicy
     ) -> Admission:
-        """Refuse while locked, else count the attempt and lock as a failure would."""
-        async with self._lock:
-            state = self._states.get(key)
-            if state is not None and state.locked_until > now:
-                return Admission(False, state.failures, state.locked_until)
-            state = self._count(key, now, policy.window)
-            wait = policy.lock_seconds(state.failures)
-            if wait:
-                state.locked_until = now + wait
-            return Admission(True, state.failures, state.locked_until)
+        """Refuse while locked or busy, else take one of the free slots.
 
-    def _count(self, key: str, now: float, window: float) -> AttemptState:
-        # Callers hold the lock.
+        In one process an attempt always ends (`end_attempt` runs in a
+        `finally`), so a count of attempts under way needs no lease.
+        """
+        async with self._lock:
+            state = self._state(key, now, policy.window)
+            if state.locked_until > now:
+                return Admission(Verdict.LOCKED, state.failures, state.locked_until)
+            if state.in_flight >= policy.slots(state.failures):
+                return Admission(Verdict.BUSY, state.failures, 0.0)
+            state.in_flight += 1
+            return Admission(Verdict.ADMITTED, state.failures, 0.0)
+
+    async def end_attempt(
+        self,
+        key: str,
+        attempt_id: str,
+        now: float,
+        policy: LockoutPolicy,
+        outcome: Outcome,
+    ) -> int:
+        """Free the slot; count a failure (and lock) or clear them on success."""
+        async with self._lock:
+            state = self._state(key, now, policy.window)
+            state.in_flight = max(state.in_flight - 1, 0)
+            if outcome is Outcome.SUCCEEDED:
+                state.failures, state.locked_until = 0, 0.0
+                if not state.in_flight:
+                    del self._states[key]
+            elif outcome is Outcome.FAILED:
+                state.failures += 1
+                wait = policy.lock_seconds(state.failures)
+                if wait:
+                    state.locked_until = max(state.locked_until, now + wait)
+            return state.failures
+
+    def _state(self, key: str, now: float, window: float) -> AttemptState:
+        # Callers hold the lock. The window starts at its first failure.
         state = self._states.get(key)
         if state is None:
             self._prune(now, window)
@@ -126,6 +196,10 @@ class InMemoryLoginAttemptStore:
         elif now - state.window_started > window:
             state.failures = 0
             state.window_started = now
+        return state
+
+    def _count(self, key: str, now: float, window: float) -> AttemptState:
+        state = self._state(key, now, window)
         state.failures += 1
         return state
 
@@ -146,7 +220,9 @@ class InMemoryLoginAttemptStore:
         stale = [
             key
             for key, state in self._states.items()
-            if now - state.window_started > window and state.locked_until <= now
+            if now - state.window_started > window
+            and state.locked_until <= now
+            and not state.in_flight
         ]
         for key in stale:
             del self._states[key]
@@ -172,27 +248,63 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# ARGV: now, window, max failures, base seconds, max seconds, retention.
+# Attempts under way are members of a sorted set (KEYS[2]) scored by when
+# their lease ends: an attempt whose process died frees its slot by itself.
+# KEYS: the state hash, the attempts set. ARGV: now, window, max failures,
+# attempt id, lease seconds.
 _BEGIN_ATTEMPT = """
 local now = tonumber(ARGV[1])
+local failures = 0
+local started = tonumber(redis.call('HGET', KEYS[1], 'window_started') or '0')
+if started ~= 0 and now - started <= tonumber(ARGV[2]) then
+    failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+end
 local locked = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
 if locked > now then
-    local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
-    return {0, failures, tostring(locked)}
+    return {'locked', failures, tostring(locked)}
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local slots = math.max(tonumber(ARGV[3]) - failures, 1)
+if redis.call('ZCARD', KEYS[2]) >= slots then
+    return {'busy', failures, '0'}
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {'admitted', failures, '0'}
+"""
+
+# KEYS: the state hash, the attempts set. ARGV: now, window, max failures,
+# base seconds, max seconds, retention, attempt id, outcome.
+_END_ATTEMPT = """
+redis.call('ZREM', KEYS[2], ARGV[7])
+if ARGV[8] == 'succeeded' then
+    redis.call('DEL', KEYS[1])
+    return 0
+end
+local now = tonumber(ARGV[1])
 local started = tonumber(redis.call('HGET', KEYS[1], 'window_started') or '0')
-if started == 0 or now - started > tonumber(ARGV[2]) then
+local fresh = started == 0 or now - started > tonumber(ARGV[2])
+if ARGV[8] ~= 'failed' then
+    if fresh then
+        return 0
+    end
+    return tonumber(redis.call('HGET', KEYS[1], 'failures') or '0')
+end
+if fresh then
     redis.call('HSET', KEYS[1], 'failures', 0, 'window_started', ARGV[1])
 end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local threshold = tonumber(ARGV[3])
 if failures >= threshold then
     local extra = math.min(failures - threshold, 20)
-    locked = now + math.min(tonumber(ARGV[4]) * 2 ^ extra, tonumber(ARGV[5]))
-    redis.call('HSET', KEYS[1], 'locked_until', tostring(locked))
+    local until_ = now + math.min(tonumber(ARGV[4]) * 2 ^ extra, tonumber(ARGV[5]))
+    local current = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+    if until_ > current then
+        redis.call('HSET', KEYS[1], 'locked_until', tostring(until_))
+    end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-return {1, failures, tostring(locked)}
+return failures
 """
 
 
@@ -227,26 +339,59 @@ class RedisLoginAttemptStore:
         """Lock `key` until `until` (never shortening a longer lock)."""
         await self.redis.eval(_LOCK, 1, self.prefix + key, repr(until), self.retention)
 
+    def _keys(self, key: str) -> tuple[str, str]:
+        return self.prefix + key, f"{self.prefix}{key}:attempts"
+
     async def begin_attempt(
-        self, key: str, now: float, policy: LockoutPolicy
+        self, key: str, attempt_id: str, now: float, policy: LockoutPolicy
     ) -> Admission:
-        """Check, count and provisionally lock in one atomic step (a Lua script)."""
-        admitted, failures, locked_until = await self.redis.eval(
+        """Check and take a leased slot in one atomic step (a Lua script)."""
+        verdict, failures, locked_until = await self.redis.eval(
             _BEGIN_ATTEMPT,
-            1,
-            self.prefix + key,
+            2,
+            *self._keys(key),
+            repr(now),
+            repr(policy.window),
+            policy.max_failures,
+            attempt_id,
+            ATTEMPT_LEASE_SECONDS,
+        )
+        return Admission(Verdict(verdict), int(failures), float(locked_until))
+
+    async def end_attempt(
+        self,
+        key: str,
+        attempt_id: str,
+        now: float,
+        policy: LockoutPolicy,
+        outcome: Outcome,
+    ) -> int:
+        """Free the slot and record the outcome in one atomic step (a Lua script)."""
+        failures = await self.redis.eval(
+            _END_ATTEMPT,
+            2,
+            *self._keys(key),
             repr(now),
             repr(policy.window),
             policy.max_failures,
             repr(policy.base_seconds),
             repr(policy.max_seconds),
             self.retention,
+            attempt_id,
+            outcome.value,
         )
-        return Admission(bool(admitted), int(failures), float(locked_until))
+        return int(failures)
 
     async def reset(self, key: str) -> None:
         """Forget `key`."""
         await self.redis.delete(self.prefix + key)
+
+
+def _warn_fallback(exc: Exception) -> None:
+    logger.warning(
+        "login attempt store unavailable; counting in this process",
+        extra={"event": "attempt_store_fallback", "error": type(exc).__name__},
+    )
 
 
 class FallbackLoginAttemptStore:
@@ -259,15 +404,14 @@ class FallbackLoginAttemptStore:
         """Prefer `primary`; use `fallback` while `primary` raises."""
         self.primary = primary
         self.fallback = fallback
+        # Attempts admitted by `fallback`: they end there (their slot is there).
+        self._local_attempts: set[str] = set()
 
     async def _call(self, method: str, *args: object) -> Any:
         try:
             return await getattr(self.primary, method)(*args)
         except Exception as exc:
-            logger.warning(
-                "login attempt store unavailable; counting in this process",
-                extra={"event": "attempt_store_fallback", "error": type(exc).__name__},
-            )
+            _warn_fallback(exc)
             return await getattr(self.fallback, method)(*args)
 
     async def get(self, key: str, now: float) -> AttemptState:
@@ -291,14 +435,37 @@ class FallbackLoginAttemptStore:
         await self._call("lock", key, until)
 
     async def begin_attempt(
-        self, key: str, now: float, policy: LockoutPolicy
+        self, key: str, attempt_id: str, now: float, policy: LockoutPolicy
     ) -> Admission:
         """Admit through Redis (or locally); a lock set locally still holds."""
         local = await self.fallback.get(key, now)
         if local.locked_until > now:
-            return Admission(False, local.failures, local.locked_until)
-        admission: Admission = await self._call("begin_attempt", key, now, policy)
-        return admission
+            return Admission(Verdict.LOCKED, local.failures, local.locked_until)
+        try:
+            return await self.primary.begin_attempt(key, attempt_id, now, policy)
+        except Exception as exc:
+            _warn_fallback(exc)
+        self._local_attempts.add(attempt_id)
+        return await self.fallback.begin_attempt(key, attempt_id, now, policy)
+
+    async def end_attempt(
+        self,
+        key: str,
+        attempt_id: str,
+        now: float,
+        policy: LockoutPolicy,
+        outcome: Outcome,
+    ) -> int:
+        """End where the attempt began (Redis, or this process while Redis failed)."""
+        if attempt_id in self._local_attempts:
+            self._local_attempts.discard(attempt_id)
+            return await self.fallback.end_attempt(
+                key, attempt_id, now, policy, outcome
+            )
+        failures: int = await self._call(
+            "end_attempt", key, attempt_id, now, policy, outcome
+        )
+        return failures
 
     async def reset(self, key: str) -> None:
         """Forget everywhere."""

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
     ACCESS_TOKEN_EXPIRE_MINUTES: int = Field(default=15, ge=1, le=1440)
     REFRESH_TOKEN_IDLE_TIMEOUT_MINUTES: int = Field(default=7 * 24 * 60, ge=1)
     REFRESH_TOKEN_ABSOLUTE_LIFETIME_DAYS: int = Field(default=30, ge=1)
+    # A rotated refresh token presented again this soon (a retry whose answer
+    # was lost, two tabs) gets its successor again instead of revoking the
+    # family (RFC 9700 4.14.2); 0 turns the grace off.
+    REFRESH_TOKEN_REUSE_GRACE_SECONDS: int = Field(default=20, ge=0, le=300)
     REFRESH_COOKIE_NAME: str = "refresh_token"
     CSRF_COOKIE_NAME: str = "csrf_token"
     CSRF_HEADER_NAME: str = "X-CSRF-Token"
@@ -108,6 +113,11 @@ class Settings(BaseSettings):
     RATE_LIMIT_ENABLED: bool = True
     RATE_LIMIT_AUTH: str = "20/minute"
     RATE_LIMIT_WRITES: str = "120/minute"
+    # Link emails per recipient (anyone can ask for a reset): requests beyond
+    # are answered as usual (202) and send nothing. Not switched off by
+    # RATE_LIMIT_ENABLED.
+    PASSWORD_RESET_EMAIL_LIMIT: str = "3/15 minutes"  # noqa: S105 - a rate
+    VERIFICATION_EMAIL_LIMIT: str = "3/15 minutes"
 
     # How long one Redis command may take before Redis counts as down (the
     # callers then use their fallbacks for a few seconds).
@@ -154,6 +164,16 @@ class Settings(BaseSettings):
         if "*" in value:
             raise ValueError("'*' is not allowed; list the exact origins")
         return [origin.rstrip("/") for origin in value]
+
+    @field_validator("PASSWORD_RESET_EMAIL_LIMIT", "VERIFICATION_EMAIL_LIMIT")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """A `limits` string such as `3/15 minutes`, refused at start if malformed."""
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError("must be a rate such as '3/15 minutes'") from exc
+        return value
 
     @field_validator("DATABASE_URL")
     @classmethod

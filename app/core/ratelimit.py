@@ -51,11 +51,23 @@ STORE_RETRY_SECONDS = 5.0
 class RateLimiter:
     """Counts hits per key against named limits; fails open if its store is down."""
 
-    def __init__(self, storage: Storage, *, enabled: bool, prefix: str = "rl") -> None:
-        """Use `storage`; when not `enabled`, everything is allowed."""
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        enabled: bool,
+        prefix: str = "rl",
+        fallback: RateLimiter | None = None,
+    ) -> None:
+        """Use `storage`; when not `enabled`, everything is allowed.
+
+        With a `fallback`, hits the store could not count are counted there
+        (a per-process limiter) instead of being allowed.
+        """
         self.enabled = enabled
         self.prefix = prefix
         self.strategy = SlidingWindowCounterRateLimiter(storage)
+        self.fallback = fallback
         self._skip_until = 0.0
 
     async def hit(
@@ -66,9 +78,11 @@ class RateLimiter:
         The general limiter fails open: an outage of its store must not take the
         API down. (Brute-force protection does not rely on it.)
         """
-        if not self.enabled or time.monotonic() < self._skip_until:
+        if not self.enabled:
             return None
         item = parse(limit) if isinstance(limit, str) else limit
+        if time.monotonic() < self._skip_until:
+            return await self._fall_back(item, key)
         try:
             allowed = await self.strategy.hit(item, self.prefix, *key)
             stats = await self.strategy.get_window_stats(item, self.prefix, *key)
@@ -80,6 +94,38 @@ class RateLimiter:
                 "rate limiter unavailable; allowing the request",
                 extra={"event": "rate_limiter_fail_open", "error": type(exc).__name__},
             )
-            return None
+            return await self._fall_back(item, key)
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return RateLimitDecision(allowed, item.amount, stats.remaining, reset)
+
+    async def _fall_back(
+        self, item: RateLimitItem, key: tuple[str, ...]
+    ) -> RateLimitDecision | None:
+        if self.fallback is None:
+            return None
+        return await self.fallback.hit(item, *key)
+
+
+class EmailThrottle:
+    """Per-recipient limits of the emails anyone can make the service send.
+
+    A password-reset link goes to whatever address was typed, a verification
+    link on every request: without a limit, a script floods a mailbox (and
+    the service's sending reputation) at the rate of the API.
+    """
+
+    def __init__(self, limiter: RateLimiter, limits: dict[str, str]) -> None:
+        """Count in `limiter`; `limits` maps an email kind to its limit string."""
+        self.limiter = limiter
+        self.limits = limits
+
+    async def allows(self, kind: str, user_id: int) -> bool:
+        """Count one email of `kind` to the user; False once over the limit."""
+        decision = await self.limiter.hit(self.limits[kind], kind, f"user:{user_id}")
+        if decision is None or decision.allowed:
+            return True
+        logger.info(
+            "email not sent: too many for this recipient",
+            extra={"event": "email_throttled", "kind": kind, "user_id": user_id},
+        )
+        return False

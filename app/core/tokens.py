@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -176,6 +177,20 @@ def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:
 def new_refresh_token() -> str:
     """A new opaque refresh token (256 random bits, URL-safe)."""
     return secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def successor_refresh_token(settings: Settings, token: str) -> str:
+    """The refresh token that replaces `token` when it is rotated.
+
+    Derived (HMAC under the secret key), not drawn: a rotated token sent
+    again within the grace window gets the very successor the first request
+    got, without the database holding it (it keeps hashes only). It is as
+    unpredictable as a random token to anyone without the secret key, which
+    signs access tokens anyway.
+    """
+    key = settings.SECRET_KEY.get_secret_value().encode()
+    mac = hmac.new(key, b"refresh-successor:" + token.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
 
 def hash_refresh_token(token: str) -> str:

@@ -10,6 +10,7 @@ from sqlalchemy import Select, Table, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.scopes import Role
 from app.core.text import canonical_identity
 from app.models.user import User
 from app.repositories.errors import unique_violation
@@ -82,6 +83,9 @@ async def store_password_hash(
     )
 
 
+_ACTIVE_ADMIN = (User.role == Role.ADMIN.value, User.is_active.is_(True))
+
+
 class UserRepository:
     """Load and store users."""
 
@@ -124,6 +128,24 @@ class UserRepository:
             .values(updated_at=_USERS.c.updated_at)
         )
         return await self.session.get(User, user_id, populate_existing=True)
+
+    async def lock_active_admins(self) -> None:
+        """Lock every active administrator's row, in id order (PostgreSQL).
+
+        Taken before any other user row by a change that may end an admin, so
+        two such changes (two admins demoting each other) run one after the
+        other and the second counts what the first left; id order keeps two of
+        them from deadlocking. SQLite has no row locks and ignores `FOR UPDATE`:
+        there the write lock of `get_locked`, taken next, serialises them.
+        """
+        await self.session.execute(
+            select(User.id).where(*_ACTIVE_ADMIN).order_by(User.id).with_for_update()
+        )
+
+    async def count_active_admins(self) -> int:
+        """How many active administrators there are (after `lock_active_admins`)."""
+        statement = select(func.count()).select_from(User).where(*_ACTIVE_ADMIN)
+        return int((await self.session.execute(statement)).scalar_one())
 
     async def delete(self, user: User) -> None:
         """Delete the row (sessions cascade)."""

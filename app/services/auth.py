@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -32,6 +33,7 @@ from app.core.tokens import (
     create_access_token,
     hash_refresh_token,
     new_refresh_token,
+    successor_refresh_token,
 )
 from app.database import Database
 from app.models.auth_session import AuthSession
@@ -121,20 +123,20 @@ async def login(
     async with database.reader.connect() as connection:
         user = await find_login_account(connection, identifier)
     account = guard.account_key(user.id if user else None, identifier)
-    failures = await guard.admit(account, client.ip)
-    if user is None:
-        await hasher.burn_verify_time(password)
-        await guard.record_failure(account, client.ip, "unknown_account", failures)
-        raise InvalidCredentialsError
-    valid, upgraded_hash = await hasher.verify_and_update(
-        password, user.hashed_password
-    )
-    if not valid:
-        await guard.record_failure(account, client.ip, "wrong_password", failures)
-        raise InvalidCredentialsError
-    if not user.is_active:
-        raise AccountDisabledError
-    await guard.record_success(account)
+    async with guard.attempt(account, client.ip) as attempt:
+        if user is None:
+            await hasher.burn_verify_time(password)
+            await guard.record_failure(attempt, "unknown_account")
+            raise InvalidCredentialsError
+        valid, upgraded_hash = await hasher.verify_and_update(
+            password, user.hashed_password
+        )
+        if not valid:
+            await guard.record_failure(attempt, "wrong_password")
+            raise InvalidCredentialsError
+        if not user.is_active:
+            raise AccountDisabledError
+        await guard.record_success(attempt)
     requested = parse_scope(requested_scope)
     scopes = grant_scopes(user.role, requested)
     if requested and not scopes:
@@ -220,13 +222,30 @@ async def _revoke_for_reuse(
     )
 
 
+def _resent_in_grace(settings: Settings, rotated_at: datetime, now: datetime) -> bool:
+    """Whether a token rotated at `rotated_at` may get its successor again now."""
+    grace = settings.REFRESH_TOKEN_REUSE_GRACE_SECONDS
+    return grace > 0 and now - rotated_at <= timedelta(seconds=grace)
+
+
+async def _reused(session: AsyncSession, grant: RefreshGrant) -> NoReturn:
+    # A rotated token is reuse whatever the family's state; revoke once.
+    if grant.revoked_at is None:
+        await _revoke_for_reuse(session, grant.user.id, grant.session_id)
+    raise TokenReusedError
+
+
 async def refresh(
     session: AsyncSession, settings: Settings, refresh_token: str
 ) -> TokenPair:
     """Rotate a refresh token: the old one dies, a new pair is issued.
 
     An already-rotated token coming back means it leaked (or a race lost):
-    the whole family is revoked.
+    the whole family is revoked. Unless it comes back within
+    `REFRESH_TOKEN_REUSE_GRACE_SECONDS` of its rotation (a retry whose answer
+    was lost, two tabs): then it gets the same successor the first request
+    got (see `successor_refresh_token`), so the family stays one chain and
+    the second presenter gets nothing the first did not.
 
     Raises:
         InvalidRefreshTokenError: Unknown, expired or revoked.
@@ -237,26 +256,27 @@ async def refresh(
     if grant is None:
         raise InvalidRefreshTokenError
     user, family_id, now = grant.user, grant.session_id, utcnow()
-    if grant.rotated_at is not None:
-        # A rotated token is reuse whatever the family's state; revoke once.
-        if grant.revoked_at is None:
-            await _revoke_for_reuse(session, user.id, family_id)
-        raise TokenReusedError
+    if grant.rotated_at is not None and not _resent_in_grace(
+        settings, grant.rotated_at, now
+    ):
+        await _reused(session, grant)
     if grant.revoked_at is not None or _expired(settings, grant, now):
         raise InvalidRefreshTokenError
-    if not await repository.claim_rotation(grant.token_id, now):
-        # Lost the race to rotate this very token: someone else presented it too.
-        await _revoke_for_reuse(session, user.id, family_id)
-        raise TokenReusedError
     if not user.is_active:
         revoked = await repository.revoke(now, "user_inactive", user_id=user.id)
         await session.commit()
         await auth_cache.forget(session, session_ids=revoked)
         raise InvalidRefreshTokenError
-    next_token = new_refresh_token()
-    await repository.add_token(family_id, hash_refresh_token(next_token))
-    await repository.touch(family_id, now)
-    await session.commit()
+    next_token = successor_refresh_token(settings, refresh_token)
+    if grant.rotated_at is None:
+        if await repository.claim_rotation(grant.token_id, now):
+            await repository.add_token(family_id, hash_refresh_token(next_token))
+            await repository.touch(family_id, now)
+            await session.commit()
+        elif not _resent_in_grace(settings, now, now):
+            # Lost the race to rotate this very token: someone else presented
+            # it too. (Within the grace, the winner stored the same successor.)
+            await _reused(session, grant)
     scopes = grant_scopes(user.role, parse_scope(grant.scope))
     return TokenPair(
         access=_issue_access(settings, user, scopes, family_id),

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core import events as event_types
 from app.core.exceptions import AppError
 from app.core.principal import Principal
+from app.core.ratelimit import EmailThrottle
 from app.core.security import PasswordHasher
 from app.core.tokens import hash_refresh_token
 from app.models.base import utcnow
@@ -32,10 +33,18 @@ class InvalidActionTokenError(AppError):
     message = "This link is invalid or has expired; request a new one"
 
 
-async def request_verification(session: AsyncSession, principal: Principal) -> None:
-    """Queue a verification email for the caller (nothing if already verified)."""
+async def request_verification(
+    session: AsyncSession, throttle: EmailThrottle, principal: Principal
+) -> None:
+    """Queue a verification email for the caller.
+
+    Nothing when already verified, or when the caller had their share of
+    verification emails (`VERIFICATION_EMAIL_LIMIT`).
+    """
     user = await UserRepository(session).get(principal.user_id)
     if user is None or user.is_verified:
+        return
+    if not await throttle.allows(EMAIL_VERIFICATION, user.id):
         return
     await events.emit_user_event(
         session, event_types.USER_VERIFICATION_REQUESTED, user.id
@@ -98,14 +107,20 @@ async def confirm_verification(session: AsyncSession, token: str) -> None:
     await auth_cache.forget(session, user_id=user.id)
 
 
-async def request_password_reset(session: AsyncSession, email: str) -> None:
+async def request_password_reset(
+    session: AsyncSession, throttle: EmailThrottle, email: str
+) -> None:
     """Queue a reset email when an active account has this email.
 
-    The caller always answers 202, whether or not the account exists, so the
-    endpoint cannot be used to discover accounts.
+    Not when the account had its share of reset emails already
+    (`PASSWORD_RESET_EMAIL_LIMIT`). The caller always answers 202, whether or
+    not the account exists or an email goes out, so the endpoint cannot be
+    used to discover accounts.
     """
     user = await find_login_account(await session.connection(), email)
     if user is None or not user.is_active or "@" not in email:
+        return
+    if not await throttle.allows(PASSWORD_RESET, user.id):
         return
     await events.emit_user_event(
         session, event_types.USER_PASSWORD_RESET_REQUESTED, user.id
@@ -114,7 +129,7 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
 
 
 async def request_password_reset_after_answer(
-    sessionmaker: async_sessionmaker[AsyncSession], email: str
+    sessionmaker: async_sessionmaker[AsyncSession], throttle: EmailThrottle, email: str
 ) -> None:
     """`request_password_reset` run after the 202 went out (a background task).
 
@@ -123,7 +138,7 @@ async def request_password_reset_after_answer(
     """
     try:
         async with sessionmaker() as session:
-            await request_password_reset(session, email)
+            await request_password_reset(session, throttle, email)
     except Exception:  # nobody is waiting for it: log, never raise into the server
         logger.exception("password reset request failed")
 
@@ -176,4 +191,4 @@ async def confirm_password_reset(
     await session.commit()
     await auth_cache.forget(session, user_id=user.id, session_ids=revoked)
     # Whoever holds the inbox now owns the account: lift any lockout.
-    await guard.record_success(guard.account_key(user.id, user.email))
+    await guard.reset(guard.account_key(user.id, user.email))

@@ -16,7 +16,13 @@ from app.core.exceptions import (
     NotFoundError,
 )
 from app.core.principal import Principal
-from app.core.scopes import ADMIN_ALL, USERS_DELETE, USERS_READ, USERS_WRITE
+from app.core.scopes import (
+    ADMIN_ALL,
+    USERS_DELETE,
+    USERS_READ,
+    USERS_WRITE,
+    Role,
+)
 from app.core.security import PasswordHasher
 from app.core.storage import FileStorage
 from app.models.base import utcnow
@@ -68,6 +74,34 @@ def ensure_password_avoids_email(email: str, password: str) -> None:
                 {"field": "body.new_password", "message": "must not contain the email"}
             ]
         )
+
+
+class LastAdminError(ConflictError):
+    """The change would leave no active administrator."""
+
+    code = "LAST_ADMIN"
+    message = "The last active administrator cannot be demoted, deactivated or deleted"
+
+
+def _may_end_an_admin(changes: dict[str, object]) -> bool:
+    """Whether these changes, applied to an active admin, would end one."""
+    role = changes.get("role", Role.ADMIN)
+    return role != Role.ADMIN or changes.get("is_active") is False
+
+
+async def _keep_an_admin(repository: UserRepository, user: User) -> None:
+    """Refuse to end `user` as an admin if they are the last active one.
+
+    The caller took `lock_active_admins` and then the user's row lock: the
+    count cannot change before the commit.
+
+    Raises:
+        LastAdminError: `user` is the only active administrator.
+    """
+    if user.role != Role.ADMIN or not user.is_active:
+        return
+    if await repository.count_active_admins() <= 1:
+        raise LastAdminError
 
 
 class UserNotFoundError(NotFoundError):
@@ -171,8 +205,11 @@ async def update_user(
         UserNotFoundError: Unknown or invisible user.
         ForbiddenError: The caller may see but not change this user or field.
     """
-    user = await _visible_user(session, principal, user_id, lock=True)
     changes = payload.model_dump(exclude_unset=True)
+    guard_admins = principal.has(USERS_WRITE) and _may_end_an_admin(changes)
+    if guard_admins:  # before the user's row: see `lock_active_admins`
+        await UserRepository(session).lock_active_admins()
+    user = await _visible_user(session, principal, user_id, lock=True)
     is_self = user.id == principal.user_id
     privileged = PRIVILEGED_FIELDS & changes.keys()
     if not is_self and not principal.has(USERS_WRITE):
@@ -182,6 +219,8 @@ async def update_user(
             "Only an administrator may change another user's "
             + ", ".join(sorted(privileged))
         )
+    if guard_admins:
+        await _keep_an_admin(UserRepository(session), user)
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     changed = _apply(user, changes)
     if not changed:
@@ -241,15 +280,18 @@ async def delete_user(
         UserNotFoundError: Unknown user.
         ForbiddenError: Hard delete without `admin:all`.
         ConflictError: Deleting yourself.
+        LastAdminError: The user is the last active administrator.
     """
     if hard and not principal.has(ADMIN_ALL):
         raise ForbiddenError("Hard delete needs the admin:all scope")
     repository = UserRepository(session)
+    await repository.lock_active_admins()  # before the user's row: see there
     user = await repository.get_locked(user_id)
     if user is None or not principal.has(USERS_DELETE):
         raise UserNotFoundError
     if user.id == principal.user_id:
         raise ConflictError("You cannot delete your own account this way")
+    await _keep_an_admin(repository, user)
     if not hard and not user.is_active:
         return  # already deactivated: nothing to change, audit or announce
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
@@ -320,15 +362,14 @@ async def change_password(
     # Committing keeps `user` loaded (no expiry on commit).
     await session.commit()
     account = guard.account_key(user.id, user.email)
-    failures = await guard.admit(account, client_ip)
-    valid, _ = await hasher.verify_and_update(
-        payload.current_password, user.hashed_password
-    )
-    if not valid:
-        reason = "wrong_current_password"
-        await guard.record_failure(account, client_ip, reason, failures)
-        raise InvalidCurrentPasswordError
-    await guard.record_success(account)
+    async with guard.attempt(account, client_ip) as attempt:
+        valid, _ = await hasher.verify_and_update(
+            payload.current_password, user.hashed_password
+        )
+        if not valid:
+            await guard.record_failure(attempt, "wrong_current_password")
+            raise InvalidCurrentPasswordError
+        await guard.record_success(attempt)
     ensure_password_avoids_email(user.email, payload.new_password)
     new_hash = await hasher.hash(payload.new_password)
     # Locked for the write, as an admin's change is: the two run one after the

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -193,15 +195,17 @@ async def test_password_change_row_redacts_the_hash(
 
 
 async def test_refresh_reuse_revocation_is_audited(
-    client: AsyncClient, engine: AsyncEngine, alice: User
+    app: Any, client: AsyncClient, engine: AsyncEngine, alice: User
 ) -> None:
     tokens = await login(client, "alice")
     await client.post(
         "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
     )
-    await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
-    )
+    grace = app.state.settings.REFRESH_TOKEN_REUSE_GRACE_SECONDS
+    with time_machine.travel(timedelta(seconds=grace + 1), tick=True):
+        await client.post(
+            "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
     [row] = await audit_rows(engine, action="session.revoke")
     assert row["actor_name"] == "system"
     assert "token_reuse" in str(row["changed_fields"])

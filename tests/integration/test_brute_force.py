@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import time_machine
 from httpx import AsyncClient
 
 from app.core.attempts import InMemoryLoginAttemptStore
 from app.models import User
-from tests.conftest import DEFAULT_PASSWORD
+from app.services import login_guard
+from app.services.login_guard import LoginGuard
+from tests.conftest import DEFAULT_PASSWORD, make_user
 from tests.helpers import capture_logs
 
 LOGIN = "/api/v1/auth/login"
@@ -76,6 +80,51 @@ async def test_a_burst_of_guesses_gets_no_more_tries_than_guesses_one_by_one(
     assert len([s for s in statuses if s in (200, 401)]) == allowed
     assert statuses.count(429) == len(guesses) - allowed
     assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 429
+
+
+async def test_concurrent_right_passwords_lock_nothing(
+    app: Any, client: AsyncClient, alice: User
+) -> None:
+    answers = await asyncio.gather(
+        *(attempt(client, "alice", DEFAULT_PASSWORD) for _ in range(10))
+    )
+
+    ok = [answer for answer in answers if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    # Attempts under way are not failures: at worst one waits for a slot and
+    # is told to retry in a second, never that the account is locked.
+    assert len(ok) >= app.state.settings.LOGIN_MAX_FAILURES
+    for answer in refused:
+        assert answer.status_code == 429, answer.text
+        assert answer.json()["error"]["code"] == "RATE_LIMITED"
+        assert answer.headers["retry-after"] == "1"
+    assert (await attempt(client, "alice", DEFAULT_PASSWORD)).status_code == 200
+
+
+async def test_a_right_password_of_a_disabled_account_frees_its_slot(
+    app: Any, client: AsyncClient
+) -> None:
+    await make_user(app, "gone", is_active=False)
+    for _ in range(app.state.settings.LOGIN_MAX_FAILURES + 1):
+        disabled = await attempt(client, "gone", DEFAULT_PASSWORD)
+        assert disabled.status_code == 403  # not a failure, and not locked
+    assert (await attempt(client, "gone")).status_code == 401
+
+
+async def test_an_attempt_finding_every_slot_taken_is_told_to_retry(
+    app: Any, client: AsyncClient, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(login_guard, "BUSY_WAIT_SECONDS", 0.05)
+    store = app.state.login_attempts
+    policy = LoginGuard(store, app.state.settings).policy
+    for index in range(policy.max_failures):  # attempts under way, still hashing
+        await store.begin_attempt(f"user:{alice.id}", str(index), time.time(), policy)
+
+    busy = await attempt(client, "alice", DEFAULT_PASSWORD)
+
+    assert busy.status_code == 429
+    assert busy.json()["error"]["code"] == "RATE_LIMITED"
+    assert busy.headers["retry-after"] == "1"
 
 
 async def test_success_resets_the_counter(client: AsyncClient, alice: User) -> None:

@@ -368,6 +368,51 @@ class TestEmailFlows:
             )
         assert link_token not in stored  # hashed at rest
 
+    async def test_a_flood_of_reset_requests_sends_three_emails(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        body = {"email": "ada.lovelace@example.com"}
+
+        answers = await asyncio.gather(
+            *(http.post(RESET_REQUEST, json=body) for _ in range(10))
+        )
+        await drain(mail_app)
+
+        assert [answer.status_code for answer in answers] == [202] * 10
+        assert len({answer.text for answer in answers}) == 1  # nothing told apart
+        resets = [m for m in sink.messages if "reset-password?token=" in body_text(m)]
+        assert len(resets) == 3  # PASSWORD_RESET_EMAIL_LIMIT: 3 per 15 minutes
+        with time_machine.travel(timedelta(minutes=16), tick=True):
+            assert (await http.post(RESET_REQUEST, json=body)).status_code == 202
+            await drain(mail_app)
+        resets = [m for m in sink.messages if "reset-password?token=" in body_text(m)]
+        assert len(resets) == 4
+
+    async def test_a_flood_of_verification_requests_sends_three_emails(
+        self,
+        mail_app: Any,
+        http: AsyncClient,
+        sink: MailSink,
+        signup_payload: dict[str, Any],
+    ) -> None:
+        await http.post(SIGNUP, json=signup_payload)
+        headers = bearer((await login(http, "ada", "Analytical1"))["access_token"])
+
+        answers = [
+            await http.post("/api/v1/auth/verify-email/request", headers=headers)
+            for _ in range(10)
+        ]
+        await drain(mail_app)
+
+        assert [answer.status_code for answer in answers] == [202] * 10
+        links = [m for m in sink.messages if "verify-email?token=" in body_text(m)]
+        assert len(links) == 3
+
     async def test_password_reset(
         self,
         mail_app: Any,

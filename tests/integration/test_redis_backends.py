@@ -12,12 +12,15 @@ from typing import Any
 import pytest
 from httpx import ASGITransport, AsyncClient
 from redis.asyncio import Redis
+from sqlalchemy import text
 
+from app.core.attempts import ATTEMPT_LEASE_SECONDS, RedisLoginAttemptStore, Verdict
 from app.core.email import EmailUnavailableError
 from app.core.events import Event
 from app.main import create_app
 from app.services.eventing import consumer_settings
 from app.services.handlers import Handler
+from app.services.login_guard import LoginGuard
 from app.services.worker import StreamConsumer
 from tests.conftest import (
     DEFAULT_PASSWORD,
@@ -52,6 +55,8 @@ async def prefix() -> AsyncIterator[str]:
 
 
 AppFactory = Callable[..., Any]
+LOGIN = "/api/v1/auth/login"
+RESET_REQUEST = "/api/v1/auth/password-reset/request"
 
 
 @pytest.fixture
@@ -305,6 +310,94 @@ async def test_concurrent_guesses_across_processes_share_one_allowance(
     statuses = [answer.status_code for answer in answers]
     assert statuses.count(401) == allowed
     assert statuses.count(429) == 12 - allowed
+
+
+async def test_concurrent_right_passwords_across_processes_lock_nothing(
+    make_app: AppFactory,
+) -> None:
+    first, second = make_app(), make_app()
+    await make_user(first, "target")
+    form = {"username": "target", "password": DEFAULT_PASSWORD}
+    async with client_for(first) as a, client_for(second) as b:
+        answers = await asyncio.gather(
+            *((a if index % 2 else b).post(LOGIN, data=form) for index in range(10))
+        )
+        after = await a.post(LOGIN, data=form)
+    codes = [
+        answer.json()["error"]["code"]
+        for answer in answers
+        if answer.status_code != 200
+    ]
+    assert set(codes) <= {"RATE_LIMITED"}, codes  # retry soon, never ACCOUNT_LOCKED
+    assert len(codes) <= 10 - first.state.settings.LOGIN_MAX_FAILURES
+    assert after.status_code == 200
+
+
+async def test_a_slot_held_by_a_dead_process_frees_itself(
+    make_app: AppFactory, prefix: str
+) -> None:
+    app = make_app()
+    store = RedisLoginAttemptStore(app.state.redis, prefix)
+    policy = LoginGuard(store, app.state.settings).policy
+    now = 1_000_000.0
+    for index in range(policy.max_failures):  # admitted, then never ended
+        admission = await store.begin_attempt("user:1", f"dead{index}", now, policy)
+        assert admission.verdict is Verdict.ADMITTED
+
+    busy = await store.begin_attempt("user:1", "next", now + 1, policy)
+    later = now + ATTEMPT_LEASE_SECONDS + 1
+    freed = await store.begin_attempt("user:1", "next", later, policy)
+
+    assert busy.verdict is Verdict.BUSY
+    assert freed.verdict is Verdict.ADMITTED
+    assert (await store.get("user:1", later)).failures == 0  # none was a failure
+
+
+async def test_reset_emails_are_limited_across_processes(
+    make_app: AppFactory, sink: MailSink
+) -> None:
+    first = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+    second = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+    await make_user(first, "target")
+    body = {"email": "target@example.com"}
+    async with client_for(first) as a, client_for(second) as b:
+        answers = await asyncio.gather(
+            *(
+                (a if index % 2 else b).post(RESET_REQUEST, json=body)
+                for index in range(10)
+            )
+        )
+    worker = consumer(first)
+    await worker.ensure_group()
+    while await first.state.events.relay.publish_pending():
+        pass
+    while await worker.process_once():
+        pass
+
+    assert [answer.status_code for answer in answers] == [202] * 10
+    resets = [m for m in sink.to("target@example.com") if "Reset" in m["Subject"]]
+    assert len(resets) == 3, [m["Subject"] for m in sink.messages]
+
+
+async def test_reset_emails_stay_limited_while_redis_is_down(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(REDIS_URL="redis://127.0.0.1:1/0")
+    await make_user(app, "target")
+    async with client_for(app) as http:
+        for _ in range(10):
+            answer = await http.post(
+                RESET_REQUEST, json={"email": "target@example.com"}
+            )
+            assert answer.status_code == 202
+    async with app.state.database.engine.connect() as connection:
+        queued = await connection.execute(
+            text(
+                "SELECT count(*) FROM outbox_events"
+                " WHERE event_type = 'user.password_reset_requested'"
+            )
+        )
+        assert queued.scalar_one() == 3  # counted in this process instead
 
 
 async def test_lockout_keys_outlive_a_long_window_and_lock(

@@ -43,11 +43,20 @@ async def test_rotation_issues_a_new_pair_and_kills_the_old_token(
     assert (await refresh(client, second["refresh_token"])).status_code == 200
 
 
-async def test_reuse_revokes_the_whole_family(client: AsyncClient, alice: User) -> None:
+def after_the_grace(settings: Settings) -> Any:
+    """The clock moved past the window in which a rotated token may come back."""
+    grace = timedelta(seconds=settings.REFRESH_TOKEN_REUSE_GRACE_SECONDS + 1)
+    return time_machine.travel(grace, tick=True)
+
+
+async def test_reuse_revokes_the_whole_family(
+    client: AsyncClient, alice: User, settings: Settings
+) -> None:
     first = await login(client, "alice")
     second = (await refresh(client, first["refresh_token"])).json()
 
-    reused = await refresh(client, first["refresh_token"])
+    with after_the_grace(settings):
+        reused = await refresh(client, first["refresh_token"])
 
     assert reused.status_code == 401
     assert reused.json()["error"]["code"] == "TOKEN_REUSED"
@@ -59,9 +68,60 @@ async def test_reuse_revokes_the_whole_family(client: AsyncClient, alice: User) 
     ).status_code == 401
 
 
-async def test_parallel_refreshes_of_one_token_have_exactly_one_winner(
+async def test_a_token_sent_again_within_the_grace_gets_the_same_successor(
+    client: AsyncClient, alice: User, settings: Settings
+) -> None:
+    first = await login(client, "alice")
+    answer = await refresh(client, first["refresh_token"])  # its answer got lost
+
+    again = await refresh(client, first["refresh_token"])  # the client retries
+
+    assert answer.status_code == again.status_code == 200, again.text
+    successor = again.json()["refresh_token"]
+    assert successor == answer.json()["refresh_token"]  # nothing the first lacked
+    me = await client.get(ME, headers=bearer(again.json()["access_token"]))
+    assert me.status_code == 200
+    with after_the_grace(settings):
+        later = await refresh(client, successor)  # the session lives on
+    assert later.status_code == 200, later.text
+
+
+async def test_a_token_sent_again_after_the_grace_revokes_the_family(
+    client: AsyncClient, alice: User, settings: Settings
+) -> None:
+    first = await login(client, "alice")
+    await refresh(client, first["refresh_token"])
+    again = await refresh(client, first["refresh_token"])  # within: same successor
+
+    with after_the_grace(settings):
+        late = await refresh(client, first["refresh_token"])
+        successor = await refresh(client, again.json()["refresh_token"])
+
+    assert late.status_code == 401
+    assert late.json()["error"]["code"] == "TOKEN_REUSED"
+    assert successor.json()["error"]["code"] == "INVALID_REFRESH_TOKEN"
+    assert (
+        await client.get(ME, headers=bearer(again.json()["access_token"]))
+    ).status_code == 401
+
+
+async def test_parallel_refreshes_of_one_token_share_one_successor(
     client: AsyncClient, alice: User
 ) -> None:
+    token = (await login(client, "alice"))["refresh_token"]
+
+    responses = await asyncio.gather(*(refresh(client, token) for _ in range(10)))
+
+    assert [r.status_code for r in responses] == [200] * 10
+    successors = {r.json()["refresh_token"] for r in responses}
+    assert len(successors) == 1  # two tabs end up holding the same token
+    assert (await refresh(client, successors.pop())).status_code == 200
+
+
+async def test_without_a_grace_parallel_refreshes_of_one_token_have_one_winner(
+    client: AsyncClient, alice: User, settings: Settings, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(settings, "REFRESH_TOKEN_REUSE_GRACE_SECONDS", 0)
     token = (await login(client, "alice"))["refresh_token"]
 
     responses = await asyncio.gather(*(refresh(client, token) for _ in range(10)))
@@ -71,6 +131,10 @@ async def test_parallel_refreshes_of_one_token_have_exactly_one_winner(
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 401} == {
         "TOKEN_REUSED"
     }
+    fresh = await login(client, "alice")
+    await refresh(client, fresh["refresh_token"])
+    at_once = await refresh(client, fresh["refresh_token"])
+    assert at_once.json()["error"]["code"] == "TOKEN_REUSED"
 
 
 async def test_refreshed_access_token_carries_the_users_current_claims(

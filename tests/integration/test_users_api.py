@@ -458,3 +458,86 @@ async def test_a_hard_deleted_users_token_never_works_again_even_for_a_reused_id
     me = await client.get(f"{USERS}/me", headers=bearer(old_token))
 
     assert me.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "suffix", "body"),
+    [
+        ("update_user", "PATCH", "", {"role": "user"}),
+        ("update_user", "PATCH", "", {"is_active": False}),
+        ("delete_user", "DELETE", "", None),
+        ("delete_user", "DELETE", "?hard=true", None),
+    ],
+    ids=["demote", "deactivate", "delete", "hard-delete"],
+)
+async def test_two_admins_ending_each_other_at_once_leave_one_admin(
+    app: Any,
+    client: AsyncClient,
+    engine: AsyncEngine,
+    admin: User,
+    monkeypatch: pytest.MonkeyPatch,
+    service: str,
+    method: str,
+    suffix: str,
+    body: dict[str, Any] | None,
+) -> None:
+    other = await make_user(app, "root2", role="admin")
+    tokens = {
+        admin.id: (await login(client, "root"))["access_token"],
+        other.id: (await login(client, "root2"))["access_token"],
+    }
+    original = getattr(users_service, service)
+    both_in = asyncio.Barrier(2)
+
+    async def after_both_authenticated(*args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(5):
+            await both_in.wait()  # each request has passed its token check
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(users_service, service, after_both_authenticated)
+
+    def end(target: User, caller: User) -> Any:
+        return client.request(
+            method,
+            f"{USERS}/{target.id}{suffix}",
+            json=body,
+            headers=bearer(tokens[caller.id]),
+        )
+
+    answers = await asyncio.gather(end(other, admin), end(admin, other))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses[1] == 409, [answer.text for answer in answers]
+    assert statuses[0] in (200, 204)
+    refused = next(answer for answer in answers if answer.status_code == 409)
+    assert refused.json()["error"]["code"] == "LAST_ADMIN"
+    async with engine.connect() as connection:
+        admins = (
+            await connection.execute(
+                text("SELECT count(*) FROM users WHERE role = 'admin' AND is_active")
+            )
+        ).scalar_one()
+    assert admins == 1
+
+
+async def test_a_lone_admin_cannot_end_themselves(
+    client: AsyncClient, engine: AsyncEngine, admin: User
+) -> None:
+    headers = bearer((await login(client, "root"))["access_token"])
+
+    demote = await client.patch(
+        f"{USERS}/{admin.id}", json={"role": "user"}, headers=headers
+    )
+    deactivate = await client.patch(
+        f"{USERS}/{admin.id}", json={"is_active": False}, headers=headers
+    )
+    delete = await client.delete(f"{USERS}/{admin.id}?hard=true", headers=headers)
+
+    # Nobody changes their own privileges (403) nor deletes themselves (409).
+    assert (demote.status_code, deactivate.status_code) == (403, 403)
+    assert delete.status_code == 409
+    me = await client.get(f"{USERS}/me", headers=headers)
+    assert (me.json()["data"]["role"], me.json()["data"]["is_active"]) == (
+        "admin",
+        True,
+    )

@@ -98,3 +98,12 @@ def as_env_text(default: object, listed: str) -> str:
     if isinstance(default, float) and float(listed) == default:
         return listed
     return "" if default is None else str(default)
+
+
+@pytest.mark.parametrize(
+    "name", ["PASSWORD_RESET_EMAIL_LIMIT", "VERIFICATION_EMAIL_LIMIT"]
+)
+def test_email_limits_must_be_rates(name: str) -> None:
+    assert settings(**{name: "5 per hour"})
+    with pytest.raises(ValidationError, match=name):
+        settings(**{name: "often"})

@@ -22,6 +22,7 @@ from app.api.deps import (
     ClientDep,
     CurrentPrincipal,
     DatabaseDep,
+    EmailThrottleDep,
     HasherDep,
     LoginGuardDep,
     ReadSessionDep,
@@ -337,10 +338,10 @@ async def revoke_session(
     responses=AUTH_ERRORS,
 )
 async def request_email_verification(
-    principal: CurrentPrincipal, session: SessionDep
+    principal: CurrentPrincipal, session: SessionDep, throttle: EmailThrottleDep
 ) -> Envelope[Accepted]:
-    """Queue a verification email (nothing is sent when already verified)."""
-    await email_actions.request_verification(session, principal)
+    """Queue a verification email (not when already verified, nor past the limit)."""
+    await email_actions.request_verification(session, throttle, principal)
     return Envelope(
         data=Accepted(message="If your email needs verifying, a link is on its way")
     )
@@ -365,15 +366,20 @@ async def confirm_email_verification(
     summary="Email me a password reset link",
 )
 async def request_password_reset(
-    payload: EmailRequest, database: DatabaseDep, background: BackgroundTasks
+    payload: EmailRequest,
+    database: DatabaseDep,
+    throttle: EmailThrottleDep,
+    background: BackgroundTasks,
 ) -> Envelope[Accepted]:
     """Always 202: neither the answer nor its timing tells whether an account exists.
 
     The lookup (and, for a known account, the write) runs after the answer.
+    At most `PASSWORD_RESET_EMAIL_LIMIT` emails go to one account.
     """
     background.add_task(
         email_actions.request_password_reset_after_answer,
         database.sessionmaker,
+        throttle,
         payload.email,
     )
     return Envelope(

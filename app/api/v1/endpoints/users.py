@@ -140,7 +140,14 @@ async def read_user(
     return Envelope(data=UserPublic.model_validate(user))
 
 
-@router.patch("/{user_id}", summary="Update a user", responses=ERRORS)
+@router.patch(
+    "/{user_id}",
+    summary="Update a user",
+    responses={
+        **ERRORS,
+        409: {**ERROR_RESPONSE, "description": "Would end the last active admin"},
+    },
+)
 async def update_user(
     user_id: ResourceId,
     payload: UserUpdate,
@@ -156,7 +163,13 @@ async def update_user(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Deactivate (or hard-delete) a user",
-    responses={**ERRORS, 409: {**ERROR_RESPONSE, "description": "Deleting yourself"}},
+    responses={
+        **ERRORS,
+        409: {
+            **ERROR_RESPONSE,
+            "description": "Deleting yourself, or the last active admin",
+        },
+    },
 )
 async def delete_user(
     user_id: ResourceId,
