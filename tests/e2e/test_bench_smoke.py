@@ -10,7 +10,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # starts a server and load clients
 # The first cell of each table row: every measured endpoint and the ceiling.
 ENDPOINT_LABELS = [
     "`GET /ceiling`",

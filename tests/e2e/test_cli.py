@@ -213,6 +213,7 @@ def test_prune_deletes_what_ended_and_says_how_much(cli_env: Path) -> None:
     assert left == [("queued",)]
 
 
+@pytest.mark.slow  # a real `serve` process
 def test_production_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     env = {
         key: value

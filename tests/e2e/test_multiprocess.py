@@ -31,9 +31,10 @@ from tests.helpers import MailSink, mail_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server not installed"
-)
+pytestmark = [
+    pytest.mark.slow,  # starts Redis, servers and workers
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed"),
+]
 PASSWORD = "Multi-Proc-Pass-1"
 
 

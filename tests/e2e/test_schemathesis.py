@@ -25,6 +25,7 @@ from schemathesis.checks import positive_data_acceptance
 from tests.e2e.test_server import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # starts a server process
 ADMIN_PASSWORD = "Fuzz-Admin-Pass-1"
 
 
