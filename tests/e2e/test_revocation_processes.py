@@ -31,9 +31,10 @@ from tests.e2e.test_server import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed"),
+]
 PASSWORD = "Revoke-Proc-Pass-1"
 CACHE_TTL = 15  # long enough that only a correct revocation explains a 401
 
