@@ -106,6 +106,34 @@ async def test_docs_pages_load_nothing_from_other_hosts(
         assert len(asset.content) > 1000
 
 
+# What a browser requests by itself while running a page's scripts and styles:
+# an image or script source, a CSS url() or @import, a fetch. (An href is only
+# followed when clicked.)
+RUN_TIME_REQUEST = re.compile(
+    r"""(?:\bsrc\s*[:=]\s*|url\(\s*|@import\s+|fetch\(\s*)["'`]?(https?://[^"'`)\s]+)"""
+)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_docs_scripts_request_nothing_from_other_hosts(
+    client: AsyncClient, path: str
+) -> None:
+    html = (await client.get(path)).text
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html)
+    texts = [html]
+    for asset in assets:
+        response = await client.get(asset)
+        assert response.status_code == 200, asset
+        if not asset.endswith(".png"):
+            texts.append(response.text)
+    external = [url for text in texts for url in RUN_TIME_REQUEST.findall(text)]
+    assert external == []
+    assert not any("cdn.redoc.ly" in text for text in texts)
+    if path == "/docs":
+        # Swagger UI's default validator badge is an image from swagger.io.
+        assert '"validatorUrl": null' in html
+
+
 async def test_openapi_documents_envelopes_and_errors(client: AsyncClient) -> None:
     document = (await client.get("/api/v1/openapi.json")).json()
     signup = document["paths"]["/api/v1/auth/signup"]["post"]
