@@ -38,6 +38,27 @@ async def test_ready_when_database_answers(client: AsyncClient) -> None:
     }
 
 
+@pytest.mark.parametrize("path", ["/health", "/ready", "/api/v1/openapi.json", "/docs"])
+async def test_head_answers_like_get_without_a_body(
+    client: AsyncClient, path: str
+) -> None:
+    get = await client.get(path)
+    head = await client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == str(len(get.content))
+    assert head.headers["x-request-id"]
+
+
+async def test_head_of_an_authenticated_route_is_authenticated(
+    client: AsyncClient,
+) -> None:
+    response = await client.head("/api/v1/users/me")
+    assert response.status_code == 401
+    assert response.content == b""
+
+
 async def probe(**settings: object) -> tuple[int, dict[str, object]]:
     app = create_app(make_settings(READY_TIMEOUT_SECONDS=1.0, **settings))
     transport = ASGITransport(app=app)
