@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import orjson
 import typer
@@ -27,6 +28,9 @@ from app.services import accounts
 from app.services.eventing import build_event_runtime, consumer_settings
 from app.services.retention import Pruner
 from app.services.worker import StreamConsumer
+
+if TYPE_CHECKING:
+    import uvicorn
 
 cli = typer.Typer(
     help="Operate the FastAPI backend service.",
@@ -86,10 +90,7 @@ def serve(
             code=2,
         )
     configure_logging(settings.LOG_LEVEL)
-    base = f"http://{host}:{port}"
-    typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
-    typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:create_app",
         factory=True,
         host=host,
@@ -102,6 +103,45 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
     )
+    # Listen before saying so: a busy port is a clear error, never a banner
+    # followed by uvicorn's bind failure.
+    sock = _listen(host, port, config.backlog)
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
+    typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
+    _run_uvicorn(config, sock)
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """Bind and listen as uvicorn would, or exit 1 saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sock.set_inheritable(True)  # --workers: every process accepts on it
+    return sock
+
+
+def _run_uvicorn(config: uvicorn.Config, sock: socket.socket) -> None:
+    # What `uvicorn.run` does, on a socket that is already listening.
+    import uvicorn
+    from uvicorn.supervisors import ChangeReload, Multiprocess
+
+    server = uvicorn.Server(config)
+    if config.should_reload:
+        ChangeReload(config, target=server.run, sockets=[sock]).run()
+    elif config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+        if not server.started:
+            raise typer.Exit(3)  # uvicorn's STARTUP_FAILURE
 
 
 @cli.command()

@@ -25,7 +25,7 @@ from app.backends import (
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
-from app.core.middleware import RequestContextMiddleware
+from app.core.middleware import HeadAsGetMiddleware, RequestContextMiddleware
 from app.core.ratelimit import RateLimiter, storage_for
 from app.core.security import PasswordHasher
 from app.core.storage import LocalFileStorage
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     include_v2(app, "/api/v2")
     install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
 
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,

@@ -12,6 +12,12 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"GIF89a", "image/gif"),
     (b"%PDF-", "application/pdf"),
 )
+# Every type an upload can be stored (and so downloaded) as.
+ACCEPTED_TYPES: tuple[str, ...] = (
+    *dict.fromkeys(media_type for _, media_type in _SIGNATURES),
+    "image/webp",
+    "text/plain",
+)
 SNIFF_BYTES = 4096
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 

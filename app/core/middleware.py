@@ -205,3 +205,37 @@ def route_template(scope: Scope) -> str | None:
 
 def _too_large_response() -> Any:
     return error_response(413, "PAYLOAD_TOO_LARGE", TOO_LARGE_MESSAGE)
+
+
+class HeadAsGetMiddleware:
+    """Answer `HEAD` wherever `GET` is answered, with the headers and no body.
+
+    RFC 9110 section 9.3.2; probes and uptime checkers use HEAD. Starlette's
+    routes add HEAD to GET by themselves, FastAPI's do not (405 before this).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        # Routed as GET in a copy: the server reads the method from its own
+        # scope to send no body. The access log and the metrics (outside this
+        # middleware) are given the matched route and keep the real method.
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send_headers_only)
+        finally:
+            if "route" in as_get:
+                scope["route"] = as_get["route"]

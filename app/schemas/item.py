@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.core.domain import ItemStatus
-from app.schemas.user import PatchInput, StrictInput
+from app.schemas.user import Omittable, StrictInput
 
 Title = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
@@ -25,14 +25,12 @@ class ItemCreate(StrictInput):
     status: ItemStatus = ItemStatus.DRAFT
 
 
-class ItemUpdate(PatchInput):
+class ItemUpdate(StrictInput):
     """Fields to change; omitted fields stay as they are (`description` may be null)."""
 
-    not_nullable = frozenset({"title", "status"})
-
-    title: Title | None = None
+    title: Omittable[Title] = None
     description: Description | None = None
-    status: ItemStatus | None = None
+    status: Omittable[ItemStatus] = None
 
 
 class ItemBulkCreate(StrictInput):

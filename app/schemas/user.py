@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from app.core.scopes import Role
 from app.core.text import canonical_identity, unsafe_characters
@@ -25,6 +26,8 @@ PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
 _USERNAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 _PHONE_PATTERN = r"^\+?[0-9 ()-]{5,20}$"
+
+T = TypeVar("T")
 
 
 def check_password_strength(password: str) -> str:
@@ -146,9 +149,30 @@ def _storable_instant(value: datetime) -> datetime:
         raise ValueError("date out of range") from exc
 
 
-# A moment from a query string: with its zone (a naive time means nothing to a
-# service whose clients are anywhere), and one that exists in UTC.
-QueryTime = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
+_RFC3339_DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE
+)
+
+
+def _rfc3339_text(value: object) -> object:
+    # Pydantic alone also takes "0.5" (Unix seconds), a date, or no seconds: the
+    # document promises RFC 3339 `date-time`, so anything else is refused.
+    if isinstance(value, str) and not _RFC3339_DATE_TIME.fullmatch(value):
+        raise PydanticCustomError(
+            "date_time_format",
+            "Expected an RFC 3339 date-time with its zone, e.g. 2025-01-31T12:00:00Z",
+        )
+    return value
+
+
+# A moment from a query string: an RFC 3339 date-time with its zone (a naive
+# time means nothing to a service whose clients are anywhere), and one that
+# exists in UTC.
+QueryTime = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    AfterValidator(_storable_instant),
+]
 
 
 class StrictInput(BaseModel):
@@ -168,23 +192,33 @@ class StrictInput(BaseModel):
         return data
 
 
-class PatchInput(StrictInput):
-    """A partial update: omitted fields stay; `null` only where a column allows it."""
-
-    # Fields whose column is NOT NULL: an explicit null is a client error (422),
-    # not something to hand to the database.
-    not_nullable: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="after")
-    def _no_null_for_required(self) -> Self:
-        nulled = sorted(
-            field
-            for field in self.model_fields_set & self.not_nullable
-            if getattr(self, field) is None
+def _refuse_null(value: object) -> object:
+    if value is None:
+        raise PydanticCustomError(
+            "null_refused", "Field cannot be null; omit it to keep its value"
         )
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} cannot be null")
-        return self
+    return value
+
+
+def _document_without_null(schema: dict[str, Any]) -> None:
+    # Pydantic documents `X | None = None` as "X or null, default null"; these
+    # fields refuse null, so the document shows X alone (and not required).
+    options = [option for option in schema.pop("anyOf") if option != {"type": "null"}]
+    schema.pop("default", None)
+    if len(options) == 1:
+        schema.update(options[0])
+    else:
+        schema["anyOf"] = options
+
+
+# A field of a partial update (PATCH) whose column is NOT NULL: it may be
+# omitted (None then means "left as it is") but an explicit null is a 422 that
+# names the field, and the OpenAPI document does not offer null.
+Omittable = Annotated[
+    T | None,
+    BeforeValidator(_refuse_null),
+    Field(json_schema_extra=_document_without_null),
+]
 
 
 class UserSignup(StrictInput):
@@ -237,13 +271,11 @@ class SuperuserCreate(StrictInput):
     password: Password
 
 
-class ProfileUpdate(PatchInput):
-    """Fields a user may change on their own account."""
+class ProfileUpdate(StrictInput):
+    """Fields a user may change on their own account; null clears an optional one."""
 
-    not_nullable = frozenset({"first_name", "last_name"})
-
-    first_name: PersonName | None = None
-    last_name: PersonName | None = None
+    first_name: Omittable[PersonName] = None
+    last_name: Omittable[PersonName] = None
     desired_name: PersonName | None = None
     phone: Phone | None = None
     age: Age | None = None
@@ -252,13 +284,9 @@ class ProfileUpdate(PatchInput):
 class UserUpdate(ProfileUpdate):
     """`PATCH /users/{id}`: profile fields, plus status fields only admins may set."""
 
-    role: Role | None = None
-    is_active: bool | None = None
-    is_verified: bool | None = None
-
-    not_nullable = frozenset(
-        {"first_name", "last_name", "role", "is_active", "is_verified"}
-    )
+    role: Omittable[Role] = None
+    is_active: Omittable[bool] = None
+    is_verified: Omittable[bool] = None
 
 
 PRIVILEGED_FIELDS = frozenset({"role", "is_active", "is_verified"})

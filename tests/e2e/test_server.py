@@ -141,3 +141,58 @@ def test_client_ip_comes_from_trusted_proxies_only(tmp_path: Path) -> None:
     assert _session_ip_behind_proxy(tmp_path, "127.0.0.1") == "203.0.113.9"
     # ...as any other peer, the header is ignored (a client cannot pick its IP).
     assert _session_ip_behind_proxy(tmp_path, "192.0.2.1") == "127.0.0.1"
+
+
+def test_serve_on_a_busy_port_fails_clearly_without_a_banner(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "development",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}",
+    }
+    env.pop("REDIS_URL", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Serving" not in result.stdout + result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr
+
+
+def test_head_health_over_http(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "development",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'head.db'}",
+    }
+    env.pop("REDIS_URL", None)
+    process = migrate_and_serve(env, ROOT, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, process)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            raw = b""
+            while chunk := conn.recv(4096):
+                raw += chunk
+        ready = httpx.head(f"{base}/ready", timeout=10)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), raw
+    assert body == b""
+    assert ready.status_code == 200
+    assert f"Serving fastapi-backend on {base}" in output

@@ -38,6 +38,27 @@ async def test_ready_when_database_answers(client: AsyncClient) -> None:
     }
 
 
+@pytest.mark.parametrize("path", ["/health", "/ready", "/api/v1/openapi.json", "/docs"])
+async def test_head_answers_like_get_without_a_body(
+    client: AsyncClient, path: str
+) -> None:
+    get = await client.get(path)
+    head = await client.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers["content-length"] == str(len(get.content))
+    assert head.headers["x-request-id"]
+
+
+async def test_head_of_an_authenticated_route_is_authenticated(
+    client: AsyncClient,
+) -> None:
+    response = await client.head("/api/v1/users/me")
+    assert response.status_code == 401
+    assert response.content == b""
+
+
 async def probe(**settings: object) -> tuple[int, dict[str, object]]:
     app = create_app(make_settings(READY_TIMEOUT_SECONDS=1.0, **settings))
     transport = ASGITransport(app=app)
@@ -104,6 +125,34 @@ async def test_docs_pages_load_nothing_from_other_hosts(
         asset = await client.get(ref)
         assert asset.status_code == 200, ref
         assert len(asset.content) > 1000
+
+
+# What a browser requests by itself while running a page's scripts and styles:
+# an image or script source, a CSS url() or @import, a fetch. (An href is only
+# followed when clicked.)
+RUN_TIME_REQUEST = re.compile(
+    r"""(?:\bsrc\s*[:=]\s*|url\(\s*|@import\s+|fetch\(\s*)["'`]?(https?://[^"'`)\s]+)"""
+)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_docs_scripts_request_nothing_from_other_hosts(
+    client: AsyncClient, path: str
+) -> None:
+    html = (await client.get(path)).text
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html)
+    texts = [html]
+    for asset in assets:
+        response = await client.get(asset)
+        assert response.status_code == 200, asset
+        if not asset.endswith(".png"):
+            texts.append(response.text)
+    external = [url for text in texts for url in RUN_TIME_REQUEST.findall(text)]
+    assert external == []
+    assert not any("cdn.redoc.ly" in text for text in texts)
+    if path == "/docs":
+        # Swagger UI's default validator badge is an image from swagger.io.
+        assert '"validatorUrl": null' in html
 
 
 async def test_openapi_documents_envelopes_and_errors(client: AsyncClient) -> None:

@@ -22,6 +22,7 @@ from app.api.deps import (
 from app.api.item_params import ItemListOffsetParams, ItemListOffsetQuery
 from app.core.conditional import etag, parse_if_match
 from app.core.exceptions import ERROR_RESPONSE
+from app.core.files import ACCEPTED_TYPES
 from app.core.principal import Principal
 from app.core.responses import FastJSONResponse
 from app.core.scopes import (
@@ -60,6 +61,14 @@ CONDITIONAL_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     409: {**ERROR_RESPONSE, "description": "Modified concurrently (no If-Match)"},
     412: {**ERROR_RESPONSE, "description": "PRECONDITION_FAILED: stale If-Match"},
+}
+# A download answers with the type read from the file's bytes at upload.
+DOWNLOAD_RESPONSE: dict[str, Any] = {
+    "description": "The file's bytes, with the type detected at upload",
+    "content": {
+        media_type: {"schema": {"type": "string", "format": "binary"}}
+        for media_type in ACCEPTED_TYPES
+    },
 }
 IfMatchHeader = Annotated[
     str | None,
@@ -302,7 +311,7 @@ async def list_attachments(
     "/items/{item_id}/attachments/{attachment_id}",
     summary="Download a file",
     response_class=StreamingResponse,
-    responses={**ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+    responses={**ERRORS, 200: DOWNLOAD_RESPONSE},
 )
 async def download_attachment(
     item_id: ResourceId,
