@@ -54,8 +54,12 @@ async def test_unstorable_values_are_422(
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
 
 
-def _cursor(last_id: Any) -> str:
-    raw = orjson.dumps(["created_at", "desc", "2026-01-01T00:00:00+00:00", last_id])
+def _cursor(
+    last_id: Any,
+    value: Any = "2026-01-01T00:00:00+00:00",
+    sort: str = "created_at",
+) -> str:
+    raw = orjson.dumps([sort, "desc", value, last_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -75,3 +79,65 @@ async def test_the_largest_id_is_still_just_not_found(
 ) -> None:
     response = await client.get(f"/api/v1/items/{TOO_BIG - 1}", headers=admin_headers)
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
+    ("sort", "value"),
+    [
+        ("title", "a\x00b"),  # no title can hold a NUL (PostgreSQL: bad byte sequence)
+        ("created_at", "2026-01-01T00:00:00\x00+00:00"),
+        ("created_at", "0001-01-01T00:00:00+14:00"),  # before year 1 in UTC
+        ("updated_at", "9999-12-31T23:00:00-14:00"),  # after year 9999 in UTC
+        ("created_at", "2026-01-01T00:00:00"),  # no zone
+        ("created_at", "2026-01-01"),
+    ],
+)
+async def test_a_cursor_with_an_unstorable_value_is_refused(
+    client: AsyncClient,
+    admin_headers: dict[str, str],
+    version: str,
+    sort: str,
+    value: str,
+) -> None:
+    response = await client.get(
+        f"/api/{version}/items",
+        params={"cursor": _cursor(1, value, sort), "sort": sort, "order": "desc"},
+        headers=admin_headers,
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR"
+    assert error["details"][0]["field"] == "query.cursor"
+
+
+@pytest.mark.parametrize("sort", ["created_at", "title"])
+async def test_cursors_the_service_made_still_page_on(
+    client: AsyncClient, admin_headers: dict[str, str], sort: str
+) -> None:
+    # A zone other than UTC and a title with a tab are storable, so they stay valid.
+    for title in ("b\tone", "a\ttwo", "c three"):
+        created = await client.post(
+            "/api/v1/items", json={"title": title}, headers=admin_headers
+        )
+        assert created.status_code == 201, created.text
+    query = {"sort": sort, "order": "asc", "limit": 1}
+    seen = []
+    cursor = None
+    for _ in range(4):
+        page = await client.get(
+            "/api/v2/items",
+            params={**query, **({"cursor": cursor} if cursor else {})},
+            headers=admin_headers,
+        )
+        assert page.status_code == 200, page.text
+        seen += [item["title"] for item in page.json()["data"]["items"]]
+        cursor = page.json()["data"]["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == ["a\ttwo", "b\tone", "c three"]
+    shifted = _cursor(1, "2026-01-01T05:00:00+05:00")
+    response = await client.get(
+        "/api/v1/items", params={"cursor": shifted}, headers=admin_headers
+    )
+    assert response.status_code == 200, response.text
