@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -15,12 +16,16 @@ from typing import Any
 import jwt
 
 from app.core.config import Settings
+from app.core.domain import MAX_ID
 from app.core.scopes import format_scope, parse_scope
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
 ACCESS_TOKEN_HEADER_TYP = "at+jwt"  # noqa: S105 - a header value
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "type"]
 REFRESH_TOKEN_BYTES = 32  # 256 bits
+# A user id exactly as `str(user_id)` writes it: ASCII digits, no leading zero
+# (`str.isdigit` and `int` also take "٦", and any length).
+_SUBJECT = re.compile(r"[1-9][0-9]{0,9}")
 
 
 class InvalidAccessTokenError(Exception):
@@ -154,12 +159,10 @@ class AccessTokenVerifier:
 def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:
     if claims.get("type") != ACCESS_TOKEN_TYPE:
         raise InvalidAccessTokenError("not an access token")
-    subject = claims["sub"]
-    if not isinstance(subject, str) or not subject.isdigit():
-        raise InvalidAccessTokenError("malformed subject")
+    user_id = _user_id(claims["sub"])
     try:
         return AccessTokenSubject(
-            user_id=int(subject),
+            user_id=user_id,
             email=str(claims["email"]),
             role=str(claims["role"]),
             scopes=frozenset(parse_scope(claims.get("scope"))),
@@ -171,6 +174,16 @@ def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidAccessTokenError("malformed claims") from exc
+
+
+def _user_id(subject: object) -> int:
+    """The id a `sub` claim names, if it is one an id column can hold."""
+    if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject):
+        raise InvalidAccessTokenError("malformed subject")
+    user_id = int(subject)
+    if user_id > MAX_ID:
+        raise InvalidAccessTokenError("malformed subject")
+    return user_id
 
 
 def new_refresh_token() -> str:
