@@ -12,10 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import User
-from tests.conftest import bearer, login
+from tests.conftest import DEFAULT_PASSWORD, audit_rows, bearer, login
 
 TOO_BIG = 2**31  # one past the largest INTEGER id
 
@@ -141,3 +143,60 @@ async def test_cursors_the_service_made_still_page_on(
         "/api/v1/items", params={"cursor": shifted}, headers=admin_headers
     )
     assert response.status_code == 200, response.text
+
+
+async def _stored_ips(
+    app: Any, engine: AsyncEngine, peer: str, forwarded: str | None
+) -> tuple[str | None, str | None]:
+    """Log in and create an item from `peer`; the session's and audit's client IP."""
+    headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
+    transport = ASGITransport(app=app, client=(peer, 40000))
+    async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+        tokens = await http.post(
+            "/api/v1/auth/login",
+            data={"username": "alice", "password": DEFAULT_PASSWORD},
+            headers=headers,
+        )
+        assert tokens.status_code == 200, tokens.text
+        token = tokens.json()["access_token"]
+        created = await http.post(
+            "/api/v1/items", json={"title": "t"}, headers={**headers, **bearer(token)}
+        )
+        assert created.status_code == 201, created.text
+    async with engine.connect() as connection:
+        session_ip = (
+            await connection.execute(text("SELECT ip_address FROM auth_sessions"))
+        ).scalar_one()
+    (audit,) = await audit_rows(engine, action="item.create")
+    return session_ip, audit["client_ip"]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "expected"),
+    [
+        # 127.0.0.1 is the trusted proxy by default: its header is believed...
+        ("127.0.0.1", "203.0.113.9", "203.0.113.9"),
+        ("127.0.0.1", "198.51.100.1, 203.0.113.9", "203.0.113.9"),  # nearest hop
+        ("127.0.0.1", "::ffff:203.0.113.9", "203.0.113.9"),  # one form per client
+        ("127.0.0.1", "[2001:db8::1]:443", "2001:db8::1"),
+        # ...when it holds an IP address; anything else is the peer's address.
+        ("127.0.0.1", "not-an-ip", "127.0.0.1"),
+        ("127.0.0.1", "1" * 46, "127.0.0.1"),  # longer than any address column
+        ("127.0.0.1", "2001:db8::1%" + "x" * 40, "127.0.0.1"),  # a scope id
+        ("127.0.0.1", "", "127.0.0.1"),
+        # Another peer's header is never believed.
+        ("192.0.2.5", "203.0.113.9", "192.0.2.5"),
+        # A server in front that believed garbage itself: nothing is stored.
+        ("not-an-ip", None, None),
+        ("not-an-ip", "203.0.113.9", None),
+    ],
+)
+async def test_only_a_validated_client_ip_is_stored(
+    app: Any,
+    engine: AsyncEngine,
+    alice: User,
+    peer: str,
+    forwarded: str | None,
+    expected: str | None,
+) -> None:
+    assert await _stored_ips(app, engine, peer, forwarded) == (expected, expected)
