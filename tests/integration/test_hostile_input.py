@@ -200,3 +200,27 @@ async def test_only_a_validated_client_ip_is_stored(
     expected: str | None,
 ) -> None:
     assert await _stored_ips(app, engine, peer, forwarded) == (expected, expected)
+
+
+@pytest.mark.parametrize(
+    "if_match",
+    [
+        b'"' + b"9" * 5000 + b'"',  # int() refuses past 4300 digits: was a 500
+        b'"\xb2"',  # "²" (latin-1): isdigit() yet no int(), was a 500
+        b'"1 "',
+    ],
+)
+async def test_an_if_match_that_is_no_etag_of_ours_never_matches(
+    client: AsyncClient, admin_headers: dict[str, str], if_match: bytes
+) -> None:
+    created = await client.post(
+        "/api/v1/items", json={"title": "t"}, headers=admin_headers
+    )
+    assert created.headers["etag"] == '"1"'
+    response = await client.patch(
+        f"/api/v1/items/{created.json()['data']['id']}",
+        json={"title": "renamed"},
+        headers={**admin_headers, "If-Match": if_match},
+    )
+    assert response.status_code == 412, response.text
+    assert response.json()["error"]["code"] == "PRECONDITION_FAILED"
