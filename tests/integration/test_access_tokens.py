@@ -136,6 +136,28 @@ async def test_a_subject_that_is_not_an_id_is_refused(
     )
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"scope": ["items:read", "items:write"]},  # was a 500 (no .split())
+        {"sid": "\x00" * 32},  # reached the session query (PostgreSQL: a 500)
+        {"sid": ["a" * 32]},
+        {"ver": "0"},  # int() made it a version
+        {"ver": True},
+        {"email": None},
+        {"desired_name": 7},
+    ],
+)
+async def test_claims_of_the_wrong_type_are_refused_not_coerced(
+    client: AsyncClient, alice: User, settings: Settings, changes: dict[str, Any]
+) -> None:
+    claims = claims_of((await login(client, "alice"))["access_token"], settings)
+    key = settings.SECRET_KEY.get_secret_value()
+    assert_invalid_token(
+        await client.get(ME, headers=bearer(resign({**claims, **changes}, key)))
+    )
+
+
 async def test_refresh_token_is_not_an_access_token(
     client: AsyncClient, alice: User
 ) -> None:
