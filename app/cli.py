@@ -100,8 +100,9 @@ def serve(
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+        # The app reads the forwarded headers itself (ClientAddressMiddleware):
+        # only there is the socket peer still known when a header is garbage.
+        proxy_headers=False,
     )
     # Listen before saying so: a busy port is a clear error, never a banner
     # followed by uvicorn's bind failure.

@@ -22,6 +22,7 @@ from app.backends import (
     login_attempt_store,
     redis_client,
 )
+from app.core.client_address import ClientAddressMiddleware
 from app.core.config import Settings, get_settings
 from app.core.exceptions import register_exception_handlers
 from app.core.logging import configure_logging
@@ -144,4 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             expose_headers=["ETag", "X-Request-ID", "Retry-After", "Location"],
         )
+    # Outermost: every layer, the access log included, sees the validated address.
+    app.add_middleware(
+        ClientAddressMiddleware, trusted_hosts=settings.FORWARDED_ALLOW_IPS
+    )
     return app

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# A strong tag as `etag` writes it: ASCII digits a version column can hold
+# (`str.isdigit` also takes "٦", and int() refuses more than 4300 digits).
+_STRONG_TAG = re.compile(r'"([0-9]{1,10})"')
 
 
 def etag(version: int) -> str:
@@ -30,7 +35,7 @@ def parse_if_match(header: str | None) -> IfMatch | None:
         return IfMatch(True, frozenset())
     versions = set()
     for raw in header.split(","):
-        tag = raw.strip()
-        if len(tag) >= 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
-            versions.add(int(tag[1:-1]))
+        tag = _STRONG_TAG.fullmatch(raw.strip())
+        if tag is not None:
+            versions.add(int(tag[1]))
     return IfMatch(False, frozenset(versions))

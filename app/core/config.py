@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     METRICS_ENABLED: bool = True
     METRICS_TOKEN: SecretStr | None = None
 
-    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (`serve`):
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (by the app,
+    # under any ASGI server; a forwarded value that is no IP is ignored):
     # the load balancer's addresses, comma-separated. Client IPs drive rate
     # limits, lockouts, sessions and the audit log: behind a proxy not listed
     # here every client is the proxy, and "*" lets any client choose its IP.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -57,11 +57,29 @@ class Cursor:
                 raise TypeError
             if not 1 <= last_id <= MAX_ID:
                 raise ValueError
-            parsed: str | datetime = datetime.fromisoformat(value) if is_time else value
+            parsed = _position(value, is_time=is_time)
         except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
             raise InvalidCursorError("malformed cursor") from exc
         if (made_sort, made_order) != (sort, order):
             raise InvalidCursorError("the cursor belongs to another sort order")
-        if isinstance(parsed, datetime) and parsed.tzinfo is None:
-            raise InvalidCursorError("malformed cursor")
         return cls(sort, order, parsed, last_id)
+
+
+def _position(value: str, *, is_time: bool) -> str | datetime:
+    """The sort value, checked as the filters check theirs.
+
+    A cursor is client input like any filter: a NUL (no column holds one;
+    PostgreSQL refuses the bytes), a time without a zone, or one that UTC cannot
+    express (`0001-01-01T00:00+14:00`) would fail in the driver, as a 500.
+    """
+    if "\x00" in value:
+        raise ValueError("NUL character")
+    if not is_time:
+        return value
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("time without a zone")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("time out of range") from exc

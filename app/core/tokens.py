@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -16,12 +17,17 @@ from typing import Any
 import jwt
 
 from app.core.config import Settings
+from app.core.domain import MAX_ID
 from app.core.scopes import format_scope, parse_scope
 
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
 ACCESS_TOKEN_HEADER_TYP = "at+jwt"  # noqa: S105 - a header value
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "type"]
 REFRESH_TOKEN_BYTES = 32  # 256 bits
+# A user id exactly as `str(user_id)` writes it: ASCII digits, no leading zero
+# (`str.isdigit` and `int` also take "٦", and any length).
+_SUBJECT = re.compile(r"[1-9][0-9]{0,9}")
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class InvalidAccessTokenError(Exception):
@@ -155,23 +161,55 @@ class AccessTokenVerifier:
 def _subject_from_claims(claims: dict[str, Any]) -> AccessTokenSubject:
     if claims.get("type") != ACCESS_TOKEN_TYPE:
         raise InvalidAccessTokenError("not an access token")
-    subject = claims["sub"]
-    if not isinstance(subject, str) or not subject.isdigit():
+    return AccessTokenSubject(
+        user_id=_user_id(claims["sub"]),
+        email=_text(claims, "email"),
+        role=_text(claims, "role"),
+        scopes=frozenset(parse_scope(_optional_text(claims, "scope"))),
+        first_name=_optional_text(claims, "first_name") or "",
+        last_name=_optional_text(claims, "last_name") or "",
+        desired_name=_optional_text(claims, "desired_name"),
+        session_id=_session_id(claims.get("sid")),
+        token_version=_token_version(claims.get("ver", -1)),
+    )
+
+
+# Claims are checked by type, not coerced: a token with a list for `scope` or
+# a NUL in `sid` is not one this service signed, and must not reach a query.
+def _text(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str):
+        raise InvalidAccessTokenError(f"malformed {name} claim")
+    return value
+
+
+def _optional_text(claims: dict[str, Any], name: str) -> str | None:
+    return None if claims.get(name) is None else _text(claims, name)
+
+
+def _session_id(value: object) -> str | None:
+    """A session id as the service makes them (uuid4 hex), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
+        raise InvalidAccessTokenError("malformed sid claim")
+    return value
+
+
+def _token_version(value: object) -> int:
+    if type(value) is not int or not -1 <= value <= MAX_ID:
+        raise InvalidAccessTokenError("malformed ver claim")
+    return value
+
+
+def _user_id(subject: object) -> int:
+    """The id a `sub` claim names, if it is one an id column can hold."""
+    if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject):
         raise InvalidAccessTokenError("malformed subject")
-    try:
-        return AccessTokenSubject(
-            user_id=int(subject),
-            email=str(claims["email"]),
-            role=str(claims["role"]),
-            scopes=frozenset(parse_scope(claims.get("scope"))),
-            first_name=str(claims.get("first_name") or ""),
-            last_name=str(claims.get("last_name") or ""),
-            desired_name=claims.get("desired_name"),
-            session_id=claims.get("sid"),
-            token_version=int(claims.get("ver", -1)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidAccessTokenError("malformed claims") from exc
+    user_id = int(subject)
+    if user_id > MAX_ID:
+        raise InvalidAccessTokenError("malformed subject")
+    return user_id
 
 
 def new_refresh_token() -> str:

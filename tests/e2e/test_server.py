@@ -196,3 +196,63 @@ def test_head_health_over_http(tmp_path: Path) -> None:
     assert body == b""
     assert ready.status_code == 200
     assert f"Serving fastapi-backend on {base}" in output
+
+
+def test_a_forwarded_for_that_is_not_an_ip_is_the_peer(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Through uvicorn, from the default trusted proxy (127.0.0.1), on each backend.
+
+    Both headers were stored as the client IP (SQLite) or a 500 (PostgreSQL:
+    longer than the 45-character column), on login and on `POST /items`.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "development",
+        "DATABASE_URL": database_url,
+        "PYTHONPATH": str(ROOT),
+        "RATE_LIMIT_ENABLED": "false",
+    }
+    for name in ("REDIS_URL", "FORWARDED_ALLOW_IPS"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        cwd=tmp_path,  # no `.env` of the developer's
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+    password = "Forwarded-Passw0rd"
+    user = {"email": f"f{port}@example.com", "username": f"f{port}"}
+    user |= {"password": password, "confirm_password": password}
+    user |= {"first_name": "For", "last_name": "Warded"}
+    statuses = []
+    try:
+        wait_until_up(base.removesuffix("/api/v1"), process)
+        assert httpx.post(f"{base}/auth/signup", json=user).status_code == 201
+        for forwarded in ("not-an-ip", "1" * 46):
+            headers = {"X-Forwarded-For": forwarded}
+            login = httpx.post(
+                f"{base}/auth/login",
+                data={"username": user["username"], "password": password},
+                headers=headers,
+                timeout=10,
+            )
+            statuses.append(login.status_code)
+            if login.status_code != 200:
+                continue
+            headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+            created = httpx.post(
+                f"{base}/items", json={"title": "t"}, headers=headers, timeout=10
+            )
+            statuses.append(created.status_code)
+            sessions = httpx.get(f"{base}/auth/sessions", headers=headers, timeout=10)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert statuses == [200, 201, 200, 201]
+    ips = {session["ip_address"] for session in sessions.json()["data"]}
+    assert ips == {"127.0.0.1"}

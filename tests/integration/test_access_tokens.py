@@ -104,6 +104,60 @@ async def test_forged_tokens_are_refused(
     assert_invalid_token(await client.get(ME, headers=bearer(forged)))
 
 
+def _in_arabic_indic_digits(number: int) -> str:
+    return "".join(chr(0x0660 + int(digit)) for digit in str(number))
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "arabic-indic digits",  # "٦": str.isdigit() and int() both accept it
+        "1" * 30,  # past any id column (was a 500 on both backends)
+        str(2**31),
+        "0",
+        "0{id}",
+        "{id} ",
+        "-{id}",
+        "",
+    ],
+)
+async def test_a_subject_that_is_not_an_id_is_refused(
+    client: AsyncClient, alice: User, settings: Settings, subject: str
+) -> None:
+    # Signed with the service's own key: only the subject's form is wrong.
+    claims = claims_of((await login(client, "alice"))["access_token"], settings)
+    if subject == "arabic-indic digits":
+        subject = _in_arabic_indic_digits(alice.id)
+    claims["sub"] = subject.format(id=alice.id)
+    token = resign(claims, settings.SECRET_KEY.get_secret_value())
+    assert_invalid_token(await client.get(ME, headers=bearer(token)))
+    assert_invalid_token(
+        await client.post("/api/v1/items", json={"title": "t"}, headers=bearer(token))
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"scope": ["items:read", "items:write"]},  # was a 500 (no .split())
+        {"sid": "\x00" * 32},  # reached the session query (PostgreSQL: a 500)
+        {"sid": ["a" * 32]},
+        {"ver": "0"},  # int() made it a version
+        {"ver": True},
+        {"email": None},
+        {"desired_name": 7},
+    ],
+)
+async def test_claims_of_the_wrong_type_are_refused_not_coerced(
+    client: AsyncClient, alice: User, settings: Settings, changes: dict[str, Any]
+) -> None:
+    claims = claims_of((await login(client, "alice"))["access_token"], settings)
+    key = settings.SECRET_KEY.get_secret_value()
+    assert_invalid_token(
+        await client.get(ME, headers=bearer(resign({**claims, **changes}, key)))
+    )
+
+
 async def test_refresh_token_is_not_an_access_token(
     client: AsyncClient, alice: User
 ) -> None:
