@@ -22,8 +22,10 @@ def free_port() -> int:
     return port
 
 
-def wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_up(
+    base: str, process: subprocess.Popen[str], timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         try:
