@@ -92,31 +92,32 @@ class OutboxRelay:
                 await session.commit()  # the lease must be seen before publishing
             done, sent = [], 0
             for row in rows:
-                outcome = await self._publish(row)
-                if outcome is False:
+                went_out, entry_id = await self._publish(row)
+                if not went_out:
                     continue
                 sent += 1
-                if isinstance(outcome, str) and self.handled(row.event_type):
-                    self._await_handling(row, outcome)
+                if entry_id is not None and self.handled(row.event_type):
+                    self._await_handling(row, entry_id)
                 else:  # handled already (in process), or by nothing here
                     done.append(row.id)
             await outbox.mark_published(session, done, utcnow())
             await session.commit()
             return sent
 
-    async def _publish(self, row: OutboxEvent) -> str | bool:
-        """The stream entry's id, True if delivered already, False if it failed."""
+    async def _publish(self, row: OutboxEvent) -> tuple[bool, str | None]:
+        """Whether the event went out, and the stream entry a worker still has."""
         try:
-            return await self.publisher.publish(to_event(row)) or True
+            entry_id = await self.publisher.publish(to_event(row))
         except DependencyUnavailableError as exc:
             # Redis, or (handlers in process) the mail server, is down: wait for
             # it without using up attempts, however long the outage lasts.
             self._postpone(row, exc, MAX_TRANSPORT_BACKOFF_SECONDS, count=False)
-            return False
+            return False, None
         except Exception as exc:  # a handler failed (in-process delivery)
             delay = self.retry_base_seconds * 2**row.attempts
             self._postpone(row, exc, delay, count=True)
-            return False
+            return False, None
+        return True, entry_id
 
     def _await_handling(self, row: OutboxEvent, entry_id: str) -> None:
         # Rare (emails): written by the flush, one row each; the bulk of events
