@@ -215,7 +215,10 @@ async def _run_worker(settings: Settings, name: str) -> None:
         settings, database.sessionmaker, email_transport(settings), redis
     )
     consumer = StreamConsumer(
-        redis, runtime.dispatcher, consumer_settings(settings, name)
+        redis,
+        runtime.dispatcher,
+        consumer_settings(settings, name),
+        database.sessionmaker,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -6,11 +6,15 @@ import email
 import io
 import logging
 import re
+import shutil
 import socket
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from email.message import EmailMessage as MimeMessage
 from email.policy import default as default_policy
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -93,6 +97,65 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisProcess:
+    """A private redis-server (no persistence unless `options` say) to stop and restart.
+
+    Starting again after `stop` gives an empty Redis, as a restart without
+    persistence or a failover to an empty replica would.
+    """
+
+    def __init__(self, directory: Path, options: Sequence[str] = ()) -> None:
+        self.port = _free_port()
+        self.directory = directory
+        self.options = list(options)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+                *self.options,  # later options win
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@contextmanager
+def redis_server(directory: Path, *options: str) -> Iterator[RedisProcess]:
+    """A running private redis-server with `options`, stopped after the block."""
+    server = RedisProcess(directory, options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

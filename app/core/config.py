@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     EVENT_MAX_DELIVERIES: int = Field(default=5, ge=1)
     EVENT_RETRY_BASE_SECONDS: float = Field(default=1.0, gt=0)
     EVENT_HANDLER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    # With Redis: an event published this long ago and not yet handled is
+    # looked for in the stream (and again as often while it waits there); if
+    # Redis lost it (restart without persistence, failover, eviction), it is
+    # published again.
+    EVENT_REDELIVER_CHECK_SECONDS: float = Field(default=60.0, gt=0)
     OUTBOX_POLL_SECONDS: float = Field(default=0.5, gt=0)
     OUTBOX_BATCH_SIZE: int = Field(default=100, ge=1)
     OUTBOX_RELAY_ENABLED: bool = True

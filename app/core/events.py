@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from app.core.exceptions import DependencyUnavailableError
 
@@ -65,8 +67,13 @@ class Event:
 class EventPublisher(Protocol):
     """Hands an event to whatever delivers it to handlers."""
 
-    async def publish(self, event: Event) -> None:
-        """Publish, or raise (the outbox keeps the event and retries)."""
+    async def publish(self, event: Event) -> str | None:
+        """Publish, or raise (the outbox keeps the event and retries).
+
+        Returns:
+            The id of the transport's copy (a stream entry) that a consumer
+            still has to handle, or None when the handlers have already run.
+        """
         ...
 
 
@@ -74,34 +81,104 @@ class PublishUnavailableError(DependencyUnavailableError):
     """The transport is down; the event stays in the outbox, uncounted."""
 
 
-class RedisStreamPublisher:
-    """Appends events to a Redis Stream read by `python -m app worker`."""
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
-    def __init__(self, redis: Redis, stream: str, max_length: int = 1_000_000) -> None:
-        """Publish to `stream`, trimmed to about `max_length` entries."""
+
+class RedisStreamPublisher:
+    """Appends events to a Redis Stream read by `python -m app worker`.
+
+    The stream is never trimmed by length: an entry goes only once every
+    consumer group has acknowledged it (`trim`), so a slow worker loses
+    nothing. What Redis loses anyway (a restart without persistence, a
+    failover, eviction) the relay finds with `held` and publishes again.
+    """
+
+    def __init__(self, redis: Redis, stream: str) -> None:
+        """Publish to `stream`."""
         self.redis = redis
         self.stream = stream
-        self.max_length = max_length
 
-    async def publish(self, event: Event) -> None:
-        """XADD the event.
+    async def publish(self, event: Event) -> str:
+        """XADD the event; its entry id.
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
         """
-        try:
-            await self.redis.xadd(
+        async with _unavailable_as_error():
+            entry_id = await self.redis.xadd(
                 self.stream,
                 event.to_fields(),  # type: ignore[arg-type]
-                maxlen=self.max_length,
-                approximate=True,
             )
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            raise PublishUnavailableError(str(exc)) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("redis"):
-                raise PublishUnavailableError(str(exc)) from exc
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+    async def held(self, entry_ids: Sequence[str]) -> set[str]:
+        """Which of `entry_ids` the stream still holds (one round trip).
+
+        Raises:
+            PublishUnavailableError: Redis cannot be reached.
+        """
+        async with _unavailable_as_error():
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id in entry_ids:
+                pipe.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+            found: list[list[Any]] = await pipe.execute()
+        return {
+            entry_id
+            for entry_id, entries in zip(entry_ids, found, strict=True)
+            if entries
+        }
+
+    async def trim(self) -> None:
+        """Delete the entries every consumer group has acknowledged.
+
+        An entry is done for a group once the group has read past it
+        (`last-delivered-id`) and it is no longer pending (the group's lowest
+        pending id). With no group yet, the first worker will read the stream
+        from its start: nothing goes.
+
+        Raises:
+            PublishUnavailableError: Redis cannot be reached.
+        """
+        async with _unavailable_as_error():
+            floors = [await self._group_floor(group) for group in await self._groups()]
+            if floors:
+                # MINID keeps the floor itself; `~` trims whole nodes only,
+                # so it may keep more, never less.
+                await self.redis.xtrim(
+                    self.stream, minid=min(floors, key=_stream_id), approximate=True
+                )
+
+    async def _groups(self) -> list[dict[str, Any]]:
+        try:
+            groups: list[dict[str, Any]] = await self.redis.xinfo_groups(self.stream)
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return []  # nothing published yet, or Redis lost it all
             raise
+        return groups
+
+    async def _group_floor(self, group: dict[str, Any]) -> str:
+        """The lowest id `group` may still need."""
+        floor = str(group["last-delivered-id"])
+        if int(group["pending"]):
+            pending = await self.redis.xpending(self.stream, group["name"])
+            if pending["min"] is not None:  # else acknowledged meanwhile
+                floor = min(floor, str(pending["min"]), key=_stream_id)
+        return floor
+
+
+@asynccontextmanager
+async def _unavailable_as_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        raise PublishUnavailableError(str(exc)) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("redis"):
+            raise PublishUnavailableError(str(exc)) from exc
+        raise
 
 
 class InProcessPublisher:
@@ -112,5 +189,5 @@ class InProcessPublisher:
         self.dispatch = dispatch
 
     async def publish(self, event: Event) -> None:
-        """Run the event's handlers now."""
+        """Run the event's handlers now (nothing is left to deliver)."""
         await self.dispatch(event)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.audit import JsonDocument
@@ -25,7 +25,14 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
+    # Done: handled by every handler here, or dead-lettered (on the embedded
+    # default, and for events no handler here takes, when published).
+    done_at: Mapped[datetime | None]
+    # The Redis stream entry of a published event that is not done yet.
+    stream_id: Mapped[str | None] = mapped_column(String(41))
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Unpublished: when to try (again). Published, not done: when to check
+    # that the stream still holds it.
     next_attempt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -39,6 +46,13 @@ class OutboxEvent(Base):
             "aggregate_id",
             "published_at",
             "id",
+        ),
+        # The relay's check for lost events: only rows not done, which are few.
+        Index(
+            "ix_outbox_events_not_done",
+            "next_attempt_at",
+            postgresql_where=text("done_at IS NULL"),
+            sqlite_where=text("done_at IS NULL"),
         ),
     )
 

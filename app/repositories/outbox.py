@@ -1,4 +1,4 @@
-"""Outbox rows: claim, mark published, record failures, measure backlog."""
+"""Outbox rows: claim, mark published and done, find lost ones, measure backlog."""
 
 from __future__ import annotations
 
@@ -113,12 +113,74 @@ async def backlog(
 async def mark_published(
     session: AsyncSession, event_ids: Sequence[int], now: datetime
 ) -> None:
-    """Record successful publication."""
+    """Record the publication of events that need nothing more: they are done.
+
+    They were handled in process, or no handler here waits for them.
+    """
     if event_ids:
         await session.execute(
             update(OutboxEvent)
             .where(OutboxEvent.id.in_(event_ids))
-            .values(published_at=now)
+            .values(published_at=now, done_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def mark_done(
+    session: AsyncSession, event_id: str, now: datetime, error: str | None = None
+) -> None:
+    """Record that the worker is done with an event: handled, or dead-lettered."""
+    values: dict[str, Any] = {"done_at": now}
+    if error is not None:
+        values["last_error"] = error[:2000]
+    await session.execute(
+        update(OutboxEvent)
+        .where(OutboxEvent.event_id == event_id, OutboxEvent.done_at.is_(None))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def due_for_check(
+    session: AsyncSession, now: datetime, *, limit: int
+) -> Sequence[tuple[int, str | None]]:
+    """Published events not done whose check is due: (row id, stream entry id)."""
+    statement = (
+        select(OutboxEvent.id, OutboxEvent.stream_id)
+        .where(
+            OutboxEvent.done_at.is_(None),
+            OutboxEvent.published_at.is_not(None),
+            OutboxEvent.next_attempt_at <= now,
+        )
+        .order_by(OutboxEvent.id)
+        .limit(limit)
+    )
+    return [(row.id, row.stream_id) for row in await session.execute(statement)]
+
+
+async def unpublish(session: AsyncSession, row_ids: Sequence[int]) -> None:
+    """Make published events due again (their stream entries were lost).
+
+    Events done meanwhile (the worker finished as the entry went) stay done.
+    """
+    if row_ids:
+        await session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(row_ids), OutboxEvent.done_at.is_(None))
+            .values(published_at=None, stream_id=None, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def check_later(
+    session: AsyncSession, row_ids: Sequence[int], when: datetime
+) -> None:
+    """Move the next check of published events (still in the stream) to `when`."""
+    if row_ids:
+        await session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(row_ids), OutboxEvent.done_at.is_(None))
+            .values(next_attempt_at=when)
             .execution_options(synchronize_session=False)
         )
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, CursorResult, Table, delete, or_, select
+from sqlalchemy import ColumnElement, CursorResult, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.auth_session import AuthSession
@@ -19,7 +19,7 @@ class Cutoffs:
     """The moments before which each kind of ended row may go."""
 
     ended: datetime
-    """Published events, revoked or expired sessions, used or expired tokens."""
+    """Done events, revoked or expired sessions, used or expired tokens."""
     idle_session_used: datetime
     """A session last used before this idled out more than the retention ago."""
     processed: datetime
@@ -39,12 +39,16 @@ class Prunable:
 def prunable(cutoffs: Cutoffs) -> dict[str, Prunable]:
     """What may be deleted, by table name.
 
-    Unpublished events (even ones the relay gave up on) never match: a NULL
-    `published_at` compares as unknown. A session's refresh tokens go with it
+    Events not done (unpublished, given up on by the relay, or published and
+    not yet handled) never match: a NULL `done_at` compares as unknown; the
+    `published_at` bound lets the scan use its index. A session's refresh tokens go with it
     (`ON DELETE CASCADE`). The audit log is not here: it is append-only.
     """
     kinds = {
-        OutboxEvent: OutboxEvent.published_at < cutoffs.ended,
+        OutboxEvent: and_(
+            OutboxEvent.published_at < cutoffs.ended,
+            OutboxEvent.done_at < cutoffs.ended,
+        ),
         ProcessedEvent: ProcessedEvent.processed_at < cutoffs.processed,
         AuthSession: or_(
             AuthSession.revoked_at < cutoffs.ended,

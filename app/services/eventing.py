@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -96,6 +97,8 @@ def build_event_runtime(
         batch_size=settings.OUTBOX_BATCH_SIZE,
         max_attempts=settings.EVENT_MAX_DELIVERIES,
         retry_base_seconds=settings.EVENT_RETRY_BASE_SECONDS,
+        handled=dispatcher.handles,
+        redeliver_after=timedelta(seconds=settings.EVENT_REDELIVER_CHECK_SECONDS),
     )
     return EventRuntime(dispatcher=dispatcher, relay=relay, settings=settings)
 

@@ -50,8 +50,10 @@ class Handler:
         """Handle `event` unless this handler already did.
 
         At-least-once delivery means duplicates arrive (a relay crash between
-        publish and mark-published, a redelivered stream entry): they are
-        recognised by event id and ignored.
+        publish and mark-published, a redelivered stream entry, an event
+        published again after Redis lost it): they are recognised by event id
+        and ignored. A crash between the action (the SMTP server accepted the
+        email) and the commit of its record still repeats the action.
         """
         async with self.sessionmaker() as session:
             if await outbox.already_processed(session, self.name, event.event_id):
@@ -77,6 +79,10 @@ class EventDispatcher:
     def on(self, event_type: str, handler: Handler) -> None:
         """Register `handler` for `event_type`."""
         self.handlers.setdefault(event_type, []).append(handler)
+
+    def handles(self, event_type: str) -> bool:
+        """Whether any handler takes `event_type` (else it is done once published)."""
+        return bool(self.handlers.get(event_type))
 
     async def dispatch(self, event: Event) -> None:
         """Run every handler of the event; raise if any failed (others stay done)."""

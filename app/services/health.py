@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,26 +22,67 @@ class ComponentStatus:
     name: str
     ok: bool
     detail: str
+    """`ok`, `ok (<notes>)`, or why it is down."""
     required: bool = True
     """Whether the instance can serve without it (Redis: yes, degraded)."""
 
 
 async def _probe(
     name: str,
-    check: Callable[[], Awaitable[object]],
+    check: Callable[[], Awaitable[str | None]],
     probe_timeout: float,
     *,
     required: bool = True,
 ) -> ComponentStatus:
+    """Run `check`; what it returns are notes on a component that is up."""
     try:
-        await asyncio.wait_for(check(), probe_timeout)
+        notes = await asyncio.wait_for(check(), probe_timeout)
     except TimeoutError:
         detail = f"no answer within {probe_timeout:g}s"
         return ComponentStatus(name, False, detail, required)
     except Exception as exc:  # any failure means "down", whatever the driver
         logger.warning("readiness probe failed", extra={"component": name})
         return ComponentStatus(name, False, type(exc).__name__, required)
-    return ComponentStatus(name, True, "ok", required)
+    detail = f"ok ({notes})" if notes else "ok"
+    return ComponentStatus(name, True, detail, required)
+
+
+# Settings of Redis that decide whether it keeps the event stream (README).
+_DURABILITY_SETTINGS = ("appendonly", "maxmemory-policy")
+
+
+def _advised(name: str, value: str) -> bool:
+    if name == "appendonly":
+        return value == "yes"
+    # volatile-* policies evict only keys with a TTL, which the stream has not.
+    return not value.startswith("allkeys")
+
+
+async def redis_durability(client: Redis) -> str | None:
+    """Notes on settings that can lose events, or None when all are as advised.
+
+    `CONFIG GET` is often disabled on managed Redis: what it does not tell is
+    reported as unknown.
+    """
+    values: dict[str, str | None] = {}
+    for name in _DURABILITY_SETTINGS:
+        try:
+            answer = await client.config_get(name)
+        except ResponseError:  # unknown command, or not allowed to this user
+            answer = {}
+        values[name] = answer.get(name)
+    risky = [
+        f"{name} {value}"
+        for name, value in values.items()
+        if value is not None and not _advised(name, value)
+    ]
+    unknown = [name for name, value in values.items() if value is None]
+    notes = []
+    if risky:
+        notes.append(f"warning: {', '.join(risky)}")
+    if unknown:
+        notes.append(f"{', '.join(unknown)} unknown")
+    return "; ".join(notes) or None
 
 
 async def check_readiness(
@@ -65,10 +107,13 @@ async def check_readiness(
     if redis_url:
         url = redis_url
 
-        async def redis() -> None:
-            client = Redis.from_url(url, socket_connect_timeout=probe_timeout)
+        async def redis() -> str | None:
+            client = Redis.from_url(
+                url, socket_connect_timeout=probe_timeout, decode_responses=True
+            )
             try:
                 await client.ping()
+                return await redis_durability(client)
             finally:
                 await client.aclose()
 

@@ -1,15 +1,23 @@
-"""The outbox relay: publish committed events, in order per aggregate, once each."""
+"""The outbox relay: publish committed events, in order per aggregate, until handled.
+
+An event published to the Redis stream is not done until the worker has
+handled it (`outbox_events.done_at`): the relay checks now and then that the
+stream still holds the entries of events not yet done, and publishes again
+those Redis lost (a restart without persistence, a failover, eviction).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.events import EventPublisher
+from app.core.events import EventPublisher, RedisStreamPublisher
 from app.core.exceptions import DependencyUnavailableError
 from app.models.base import utcnow
 from app.models.outbox import OutboxEvent
@@ -31,6 +39,8 @@ handful of events per pass, and its passes (claim, publish, mark, commit)
 took 8 % of the process; events still wait at most this long more, and an
 idle relay waits `OUTBOX_POLL_SECONDS` anyway.
 """
+UPKEEP_SECONDS = 1.0
+"""How often a relay on Redis looks for lost entries and trims the stream."""
 
 
 class OutboxRelay:
@@ -44,13 +54,29 @@ class OutboxRelay:
         batch_size: int = 100,
         max_attempts: int = 5,
         retry_base_seconds: float = 1.0,
+        handled: Callable[[str], bool] = lambda event_type: True,
+        redeliver_after: timedelta = timedelta(seconds=60),
     ) -> None:
-        """Relay through `publisher`, `batch_size` events per transaction."""
+        """Relay through `publisher`, `batch_size` events per transaction.
+
+        Args:
+            sessionmaker: Database sessions.
+            publisher: Where events go.
+            batch_size: Events per pass.
+            max_attempts: Failed attempts before the relay gives an event up.
+            retry_base_seconds: First wait after a failed attempt (doubles).
+            handled: Whether an event type has a handler here; one without is
+                done once published (nothing will record handling it).
+            redeliver_after: How long a published event may stay not done
+                before the relay checks that the stream still holds it.
+        """
         self.sessionmaker = sessionmaker
         self.publisher = publisher
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
+        self.handled = handled
+        self.redeliver_after = redeliver_after
 
     async def publish_pending(self) -> int:
         """One pass: claim a batch, publish it, mark what went out. Returns count."""
@@ -64,27 +90,42 @@ class OutboxRelay:
             )
             if rows and not outbox.claims_with_locks(session):
                 await session.commit()  # the lease must be seen before publishing
-            published = []
+            done, sent = [], 0
             for row in rows:
-                if await self._publish(row):
-                    published.append(row.id)
-            await outbox.mark_published(session, published, utcnow())
+                went_out, entry_id = await self._publish(row)
+                if not went_out:
+                    continue
+                sent += 1
+                if entry_id is not None and self.handled(row.event_type):
+                    self._await_handling(row, entry_id)
+                else:  # handled already (in process), or by nothing here
+                    done.append(row.id)
+            await outbox.mark_published(session, done, utcnow())
             await session.commit()
-            return len(published)
+            return sent
 
-    async def _publish(self, row: OutboxEvent) -> bool:
+    async def _publish(self, row: OutboxEvent) -> tuple[bool, str | None]:
+        """Whether the event went out, and the stream entry a worker still has."""
         try:
-            await self.publisher.publish(to_event(row))
+            entry_id = await self.publisher.publish(to_event(row))
         except DependencyUnavailableError as exc:
             # Redis, or (handlers in process) the mail server, is down: wait for
             # it without using up attempts, however long the outage lasts.
             self._postpone(row, exc, MAX_TRANSPORT_BACKOFF_SECONDS, count=False)
-            return False
+            return False, None
         except Exception as exc:  # a handler failed (in-process delivery)
             delay = self.retry_base_seconds * 2**row.attempts
             self._postpone(row, exc, delay, count=True)
-            return False
-        return True
+            return False, None
+        return True, entry_id
+
+    def _await_handling(self, row: OutboxEvent, entry_id: str) -> None:
+        # Rare (emails): written by the flush, one row each; the bulk of events
+        # (no handler here) is marked done in one statement.
+        now = utcnow()
+        row.published_at = now
+        row.stream_id = entry_id
+        row.next_attempt_at = now + self.redeliver_after  # the next check
 
     def _postpone(
         self, row: OutboxEvent, error: Exception, delay: float, *, count: bool
@@ -107,11 +148,63 @@ class OutboxRelay:
             },
         )
 
+    async def recover_lost(self, now: datetime | None = None) -> int:
+        """Publish again the due events not done whose stream entries are gone.
+
+        Events still in the stream (waiting for a worker, or pending through a
+        mail outage) are checked again `redeliver_after` later: nothing is
+        duplicated because a worker is slow. Returns how many were lost.
+
+        Raises:
+            PublishUnavailableError: Redis cannot be reached.
+        """
+        if not isinstance(self.publisher, RedisStreamPublisher):
+            return 0  # in process, publishing was handling
+        now = now or utcnow()
+        async with self.sessionmaker() as session:
+            due = await outbox.due_for_check(session, now, limit=self.batch_size)
+            if not due:
+                return 0
+            held = await self.publisher.held([entry for _, entry in due if entry])
+            lost = [row_id for row_id, entry in due if entry not in held]
+            kept = [row_id for row_id, entry in due if entry in held]
+            await outbox.unpublish(session, lost)
+            await outbox.check_later(session, kept, now + self.redeliver_after)
+            await session.commit()
+        if lost:
+            logger.warning(
+                "events_lost_in_transport",
+                extra={"event": "events_lost_in_transport", "count": len(lost)},
+            )
+        return len(lost)
+
+    async def upkeep(self) -> None:
+        """On Redis: publish lost events again, trim what every group acknowledged.
+
+        Raises:
+            PublishUnavailableError: Redis cannot be reached.
+        """
+        if isinstance(self.publisher, RedisStreamPublisher):
+            await self.recover_lost()
+            await self.publisher.trim()
+
+    async def _pass(self, upkeep_due: bool) -> int:
+        sent = await self.publish_pending()
+        if upkeep_due:
+            # Redis down: publish_pending has logged it already.
+            with contextlib.suppress(DependencyUnavailableError):
+                await self.upkeep()
+        return sent
+
     async def run(self, stop: asyncio.Event, poll_seconds: float) -> None:
         """Publish until `stop` is set; never dies on a transient error."""
+        next_upkeep = 0.0
         while not stop.is_set():
+            upkeep_due = time.monotonic() >= next_upkeep
+            if upkeep_due:
+                next_upkeep = time.monotonic() + UPKEEP_SECONDS
             try:
-                sent = await self.publish_pending()
+                sent = await self._pass(upkeep_due)
             except Exception:  # database hiccup: log, wait, try again
                 logger.exception("outbox relay pass failed")
                 sent = 0

@@ -1,9 +1,10 @@
 """`python -m app worker`: consume the event stream with a consumer group.
 
-Each entry is acknowledged only after its handlers succeed. A failed entry stays
-pending and is re-claimed after a growing wait; one that keeps failing goes to
-the dead-letter stream with its error. Handlers are idempotent, so the
-at-least-once delivery never repeats a side effect.
+Each entry is acknowledged only after its handlers succeed and its outbox row
+is marked done (which stops the relay from publishing it again). A failed entry
+stays pending and is re-claimed after a growing wait; one that keeps failing
+goes to the dead-letter stream with its error. Delivery is at least once;
+handlers ignore the duplicates by event id (see `Handler`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.events import Event
 from app.core.exceptions import DependencyUnavailableError
 from app.models.base import utcnow
+from app.repositories import outbox
 from app.services.handlers import EventDispatcher
 
 logger = logging.getLogger("app.worker")
@@ -46,12 +49,24 @@ class StreamConsumer:
     """Reads the event stream as one member of a consumer group."""
 
     def __init__(
-        self, redis: Redis, dispatcher: EventDispatcher, settings: ConsumerSettings
+        self,
+        redis: Redis,
+        dispatcher: EventDispatcher,
+        settings: ConsumerSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
-        """Consume with `redis`, handing events to `dispatcher`."""
+        """Consume with `redis`, handing events to `dispatcher`.
+
+        Args:
+            redis: The stream's Redis.
+            dispatcher: The handlers.
+            settings: Names and limits.
+            sessionmaker: The database of the outbox, where events are marked done.
+        """
         self.redis = redis
         self.dispatcher = dispatcher
         self.settings = settings
+        self.sessionmaker = sessionmaker
 
     async def ensure_group(self) -> None:
         """Create the group (from the stream's start) unless it exists."""
@@ -134,7 +149,15 @@ class StreamConsumer:
             if deliveries >= s.max_deliveries and not transient:
                 await self._dead_letter(message_id, fields, exc, deliveries)
             return  # stays pending: re-claimed after the backoff
+        if self.dispatcher.handles(event.event_type):  # else done when published
+            await self._mark_done(event.event_id)
         await self.redis.xack(s.stream, s.group, message_id)
+
+    async def _mark_done(self, event_id: str, error: str | None = None) -> None:
+        # Before the XACK: if this fails the entry stays pending and comes back.
+        async with self.sessionmaker() as session:
+            await outbox.mark_done(session, event_id, utcnow(), error)
+            await session.commit()
 
     async def _dead_letter(
         self, message_id: str, fields: dict[str, str], error: Exception, deliveries: int
@@ -148,6 +171,10 @@ class StreamConsumer:
             "dead_lettered_at": utcnow().isoformat(),
         }
         await self.redis.xadd(s.dead_letter_stream, entry)  # type: ignore[arg-type]
+        if "event_id" in fields:  # given up: the relay must not publish it again
+            await self._mark_done(
+                fields["event_id"], f"dead-lettered: {entry['error']}"
+            )
         await self.redis.xack(s.stream, s.group, message_id)
         metrics.EVENTS_DEAD_LETTERED.labels(fields.get("event_type", "unknown")).inc()
         logger.error(

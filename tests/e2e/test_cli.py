@@ -198,9 +198,9 @@ def test_prune_deletes_what_ended_and_says_how_much(cli_env: Path) -> None:
     with sqlite3.connect(cli_env) as db:
         for event_id, published in (("old", "2000-01-01 00:00:00"), ("queued", None)):
             db.execute(
-                f"INSERT INTO outbox_events ({columns}, published_at, attempts)"  # noqa: S608
-                " VALUES (?, 'item.created', 'item', '1', '{}', '2000-01-01', ?, 0)",
-                (event_id, published),
+                f"INSERT INTO outbox_events ({columns}, published_at, done_at, attempts)"  # noqa: S608
+                " VALUES (?, 'item.created', 'item', '1', '{}', '2000-01-01', ?, ?, 0)",
+                (event_id, published, published),
             )
 
     pruned = runner.invoke(cli, ["prune"])

@@ -1,4 +1,4 @@
-"""Several processes working together: 2 API servers + 1 worker, Redis, one database.
+"""Several processes working together: API servers, a worker, Redis, one database.
 
 Real subprocesses on loopback ports, a Redis server the test starts on its own
 port (so it can stop it), and a real SMTP server in the test process.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 
 from app.database import upgrade_to_head
 from tests.conftest import (
@@ -27,62 +27,14 @@ from tests.conftest import (
     _drop_postgres_database,
 )
 from tests.e2e.test_server import free_port, wait_until_up
-from tests.helpers import MailSink, mail_sink
+from tests.helpers import REDIS_SERVER, MailSink, RedisProcess, mail_sink
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
     pytest.mark.slow,  # starts Redis, servers and workers
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed"),
 ]
 PASSWORD = "Multi-Proc-Pass-1"
-
-
-class RedisProcess:
-    """A private redis-server that can be stopped and started again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with httpx.Client() as _:
-                    import socket
-
-                    socket.create_connection(
-                        ("127.0.0.1", self.port), timeout=0.2
-                    ).close()
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture
@@ -107,10 +59,56 @@ async def database(tmp_path: Path) -> AsyncIterator[str]:
         await _drop_postgres_database(TEST_DATABASE_URL, name)
 
 
+class Cluster:
+    """API servers (and workers, when started) sharing a database and a Redis."""
+
+    def __init__(self, env: dict[str, str], redis: RedisProcess) -> None:
+        self.env = env
+        self.redis = redis
+        self.processes: list[subprocess.Popen[str]] = []
+        self.bases: list[str] = []
+
+    def _spawn(self, *args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_servers(self, count: int) -> None:
+        started = []
+        for _ in range(count):
+            port = free_port()
+            started.append(
+                (f"http://127.0.0.1:{port}", self._spawn("serve", "--port", str(port)))
+            )
+        for base, process in started:
+            wait_until_up(base, process, timeout=90)  # two cores, many processes
+            self.bases.append(base)
+
+    def start_worker(self, name: str = "w1") -> None:
+        self._spawn("worker", "--name", name)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self.redis.stop()
+
+
 @pytest.fixture
-def cluster(
-    database: str, sink: MailSink, tmp_path: Path
-) -> Iterator[tuple[list[str], RedisProcess]]:
+def servers(database: str, sink: MailSink, tmp_path: Path) -> Iterator[Cluster]:
+    """Redis and the environment; the test starts the processes it needs."""
     redis = RedisProcess(tmp_path)
     redis.start()
     env = {
@@ -122,7 +120,7 @@ def cluster(
         "ENVIRONMENT": "test",
         "SECRET_KEY": "multi-process-test-secret-key-0123456789abcdef",
         "DATABASE_URL": database,
-        "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+        "REDIS_URL": redis.url,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(sink.port),
         "SMTP_TLS": "false",
@@ -134,39 +132,19 @@ def cluster(
         "LOG_LEVEL": "WARNING",
         "STORAGE_DIR": str(tmp_path / "files"),
     }
-    ports = [free_port(), free_port()]
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for port in ports
-    ]
-    processes.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "--name", "w1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    )
-    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    running = Cluster(env, redis)
     try:
-        for base, process in zip(bases, processes, strict=False):
-            wait_until_up(base, process)
-        yield bases, redis
+        yield running
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-        redis.stop()
+        running.stop()
+
+
+@pytest.fixture
+def cluster(servers: Cluster) -> tuple[list[str], RedisProcess]:
+    """Two API servers and one worker, running."""
+    servers.start_servers(2)
+    servers.start_worker()
+    return servers.bases, servers.redis
 
 
 def signup(base: str, index: int) -> httpx.Response:
@@ -245,3 +223,28 @@ def test_processes_share_limits_logouts_and_deliver_every_event_once(
     assert len(received) == 51
     assert set(received.values()) == {1}
     assert httpx.get(f"{a}/ready").json()["status"] == "ready"
+
+
+def test_events_published_before_redis_lost_its_data_are_all_handled_once(
+    servers: Cluster, sink: MailSink
+) -> None:
+    # No worker yet: the relays publish every signup's event to the stream...
+    servers.env["EVENT_REDELIVER_CHECK_SECONDS"] = "1"
+    servers.start_servers(2)
+    a, b = servers.bases
+    assert [signup(a if i % 2 else b, i).status_code for i in range(20)] == [201] * 20
+    stream = SyncRedis(port=servers.redis.port)
+    deadline = time.monotonic() + 30
+    while stream.xlen("app:events") < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stream.xlen("app:events") == 20
+    stream.close()
+    # ...then Redis restarts without persistence: the stream is gone.
+    servers.redis.stop()
+    servers.redis.start()
+    servers.start_worker()
+
+    wait_for_mail(sink, 20, timeout=60)
+    time.sleep(2)  # anything extra would arrive now
+    received = Counter(m["To"] for m in sink.messages)
+    assert received == Counter(f"user{i}@example.com" for i in range(20))

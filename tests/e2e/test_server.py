@@ -24,9 +24,11 @@ def free_port() -> int:
     return port
 
 
-def wait_until_up(base: str, process: subprocess.Popen[str]) -> None:
+def wait_until_up(
+    base: str, process: subprocess.Popen[str], timeout: float = 90
+) -> None:
     # Generous: a loaded two-core machine has taken over 30 s to start three.
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         try:

@@ -119,6 +119,7 @@ async def test_signup_sends_exactly_one_welcome_email(
     assert "Ada" in body_text(message)
     [row] = await outbox(mail_app.state.database.engine)
     assert row["published_at"] is not None
+    assert row["done_at"] is not None  # handled in process: nothing left to do
 
 
 async def test_a_duplicate_delivery_is_ignored(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from httpx import ASGITransport, AsyncClient
 
 from app.main import create_app
 from tests.conftest import TEST_REDIS_URL, make_settings
+from tests.helpers import REDIS_SERVER, redis_server
 
 
 def unused_port() -> int:
@@ -105,7 +107,57 @@ async def test_not_ready_when_database_is_down_even_with_redis_up() -> None:
 async def test_ready_with_redis(database_url: str) -> None:
     status, body = await probe(DATABASE_URL=database_url, REDIS_URL=TEST_REDIS_URL)
     assert status == 200
-    assert body["components"] == {"database": "ok", "redis": "ok", "email": "closed"}
+    assert body["status"] == "ready"
+    components = body["components"]
+    assert isinstance(components, dict)
+    assert (components["database"], components["email"]) == ("ok", "closed")
+    assert str(components["redis"]).startswith("ok")  # with notes on its settings
+
+
+needs_redis_server = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server not installed"
+)
+
+
+@needs_redis_server
+class TestRedisThatMayLoseEvents:
+    """/ready says when the connected Redis can lose the event stream."""
+
+    @pytest.mark.parametrize(
+        ("options", "reported"),
+        [
+            (
+                ("--appendonly", "no", "--maxmemory-policy", "allkeys-lru"),
+                "ok (warning: appendonly no, maxmemory-policy allkeys-lru)",
+            ),
+            (
+                ("--appendonly", "yes", "--maxmemory-policy", "allkeys-random"),
+                "ok (warning: maxmemory-policy allkeys-random)",
+            ),
+            (("--appendonly", "no"), "ok (warning: appendonly no)"),
+            (("--appendonly", "yes", "--maxmemory-policy", "noeviction"), "ok"),
+            (("--appendonly", "yes", "--maxmemory-policy", "volatile-lru"), "ok"),
+            # Managed Redis often refuses CONFIG: not known, and not a failure.
+            (
+                ("--rename-command", "CONFIG", ""),
+                "ok (appendonly, maxmemory-policy unknown)",
+            ),
+        ],
+    )
+    async def test_ready_reports_redis_settings(
+        self,
+        database_url: str,
+        tmp_path: Path,
+        options: tuple[str, ...],
+        reported: str,
+    ) -> None:
+        with redis_server(tmp_path, *options) as redis:
+            status, body = await probe(DATABASE_URL=database_url, REDIS_URL=redis.url)
+
+        assert (status, body["status"]) == (200, "ready")  # it serves: in rotation
+        components = body["components"]
+        assert isinstance(components, dict)
+        assert components["redis"] == reported
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])

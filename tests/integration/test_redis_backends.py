@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from app.core.attempts import ATTEMPT_LEASE_SECONDS, RedisLoginAttemptStore, Ver
 from app.core.email import EmailUnavailableError
 from app.core.events import Event
 from app.main import create_app
+from app.models.base import utcnow
+from app.services import events
 from app.services.eventing import consumer_settings
 from app.services.handlers import Handler
 from app.services.login_guard import LoginGuard
@@ -103,7 +106,10 @@ async def client_for(app: Any) -> AsyncIterator[AsyncClient]:
 def consumer(app: Any, name: str = "c1") -> StreamConsumer:
     settings = app.state.settings
     return StreamConsumer(
-        app.state.redis, app.state.events.dispatcher, consumer_settings(settings, name)
+        app.state.redis,
+        app.state.events.dispatcher,
+        consumer_settings(settings, name),
+        app.state.database.sessionmaker,
     )
 
 
@@ -251,6 +257,10 @@ async def test_a_handler_that_always_fails_ends_in_the_dead_letter_stream(
         worker.settings.stream, worker.settings.group
     )
     assert pending["pending"] == 0
+    # Given up: done, so the relay never publishes it again.
+    [row] = await outbox_rows(app)
+    assert row["done_at"] is not None
+    assert "dead-lettered: RuntimeError: cannot handle this" in row["last_error"]
 
 
 async def test_rate_limits_are_shared_between_processes(make_app: AppFactory) -> None:
@@ -456,3 +466,202 @@ async def test_redis_down_fails_open_for_limits_but_not_for_lockouts(
     assert ready.status_code == 200  # still in rotation: it serves, degraded
     assert ready.json()["status"] == "degraded"
     assert ready.json()["components"]["redis"].startswith("down")
+
+
+async def outbox_rows(app: Any) -> list[dict[str, Any]]:
+    async with app.state.database.engine.connect() as connection:
+        rows = await connection.execute(text("SELECT * FROM outbox_events ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+def after_the_check(app: Any) -> datetime:
+    """A moment when events published now are due for the relay's check."""
+    check = timedelta(seconds=app.state.settings.EVENT_REDELIVER_CHECK_SECONDS)
+    return utcnow() + check + timedelta(seconds=1)
+
+
+class TestDeliveryEndToEnd:
+    """An event is done when its handlers recorded it, not when XADD returned."""
+
+    async def test_an_event_redis_lost_is_published_again_and_handled_once(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        relay = app.state.events.relay
+        await make_user(app, "lost")
+        assert await relay.publish_pending() == 1
+        worker = consumer(app)
+        # Redis restarted without its data (or evicted the stream) before any
+        # worker read the entry.
+        await app.state.redis.delete(worker.settings.stream)
+        await worker.ensure_group()
+        assert await worker.process_once() == 0  # nothing left to read
+
+        assert await relay.recover_lost(after_the_check(app)) == 1
+        assert await relay.publish_pending() == 1
+        assert await worker.process_once() == 1
+
+        assert [m["To"] for m in sink.messages] == ["lost@example.com"]
+        [row] = await outbox_rows(app)
+        assert row["done_at"] is not None
+        later = after_the_check(app) + timedelta(minutes=10)
+        assert await relay.recover_lost(later) == 0  # done: never published again
+        assert await relay.publish_pending() == 0
+
+    async def test_a_running_relay_finds_and_republishes_what_redis_lost(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(
+            EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT,
+            EVENT_REDELIVER_CHECK_SECONDS=0.2,
+        )
+        relay = app.state.events.relay
+        await make_user(app, "found")
+        await relay.publish_pending()
+        worker = consumer(app)
+        await app.state.redis.delete(worker.settings.stream)  # lost
+        stop = asyncio.Event()
+        running = asyncio.create_task(relay.run(stop, poll_seconds=0.1))
+        try:
+            for _ in range(50):
+                if await app.state.redis.xlen(worker.settings.stream):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
+        await worker.ensure_group()
+        await worker.process_once()
+
+        assert [m["To"] for m in sink.messages] == ["found@example.com"]
+
+    async def test_an_event_waiting_in_the_stream_is_not_published_twice(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        # A slow (or stopped) worker: the entry is still there, only late.
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        relay = app.state.events.relay
+        await make_user(app, "patient")
+        await relay.publish_pending()
+        worker = consumer(app)
+
+        assert await relay.recover_lost(after_the_check(app)) == 0
+        assert await relay.publish_pending() == 0
+        assert await app.state.redis.xlen(worker.settings.stream) == 1
+        [row] = await outbox_rows(app)
+        assert (row["published_at"] is not None, row["done_at"]) == (True, None)
+        await worker.ensure_group()
+        assert await worker.process_once() == 1
+        assert len(sink.messages) == 1
+        [row] = await outbox_rows(app)
+        assert row["done_at"] is not None
+
+    async def test_an_event_is_done_only_once_every_handler_has_handled_it(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app()  # 0.2 s handler timeout: a retry comes quickly
+        calls: Counter[str] = Counter()
+
+        async def first(event: Event) -> None:
+            calls["first"] += 1
+
+        async def second(event: Event) -> None:
+            calls["second"] += 1
+            if calls["second"] == 1:
+                raise RuntimeError("not this time")
+
+        sessions = app.state.database.sessionmaker
+        app.state.events.dispatcher.handlers["user.created"] = [
+            Handler("first", sessions, first),
+            Handler("second", sessions, second),
+        ]
+        await make_user(app, "two-handlers")
+        worker = consumer(app)
+        await worker.ensure_group()
+        await app.state.events.relay.publish_pending()
+
+        await worker.process_once()
+        [row] = await outbox_rows(app)
+        assert row["done_at"] is None  # the second handler still has to
+        for _ in range(20):
+            await asyncio.sleep(0.1)
+            await worker.process_once()
+            [row] = await outbox_rows(app)
+            if row["done_at"] is not None:
+                break
+
+        assert row["done_at"] is not None
+        assert calls == {"first": 1, "second": 2}
+
+    async def test_events_no_handler_takes_are_done_once_published(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app()
+        async with app.state.database.sessionmaker() as session:
+            await events.emit(session, "item.created", "item", 1, {})
+            await session.commit()
+
+        assert await app.state.events.relay.publish_pending() == 1
+        [row] = await outbox_rows(app)
+        assert row["done_at"] is not None  # no worker write needed for it
+
+
+class TestTrim:
+    """The stream keeps every entry some consumer group has not acknowledged."""
+
+    async def publish(self, app: Any, count: int) -> None:
+        async with app.state.database.sessionmaker() as session:
+            for index in range(count):  # one aggregate each: one pass sends many
+                await events.emit(session, "item.created", "item", index, {})
+            await session.commit()
+        while await app.state.events.relay.publish_pending():
+            pass
+
+    async def test_a_slow_worker_loses_nothing_and_acknowledged_entries_go(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app(OUTBOX_BATCH_SIZE=500)
+        worker = consumer(app)
+        await worker.ensure_group()
+        await self.publish(app, 250)
+        stream = worker.settings.stream
+        entries = [entry_id for entry_id, _ in await app.state.redis.xrange(stream)]
+        for _ in range(150):  # the worker got through 150 of 250
+            assert await worker.process_once() == 1
+
+        await app.state.events.relay.upkeep()
+
+        left = [entry_id for entry_id, _ in await app.state.redis.xrange(stream)]
+        assert set(entries[150:]) <= set(left)  # nothing unacknowledged went
+        assert len(left) <= 150  # whole nodes of acknowledged entries did
+
+    async def test_a_group_that_has_not_acknowledged_keeps_the_entries(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app(OUTBOX_BATCH_SIZE=500)
+        worker = consumer(app)
+        await worker.ensure_group()
+        stream = worker.settings.stream
+        # A second group (another service reading the stream) took entries
+        # and has acknowledged none of them yet.
+        await app.state.redis.xgroup_create(stream, "audit", id="0")
+        await self.publish(app, 250)
+        await app.state.redis.xreadgroup("audit", "a1", {stream: ">"}, count=250)
+        for _ in range(250):
+            await worker.process_once()
+
+        await app.state.events.relay.upkeep()
+
+        assert await app.state.redis.xlen(stream) == 250
+
+    async def test_without_any_group_nothing_is_trimmed(
+        self, make_app: AppFactory
+    ) -> None:
+        # No worker has started yet: the first one reads from the start.
+        app = make_app(OUTBOX_BATCH_SIZE=500)
+        await self.publish(app, 250)
+
+        await app.state.events.relay.upkeep()
+
+        stream = consumer(app).settings.stream
+        assert await app.state.redis.xlen(stream) == 250

@@ -52,6 +52,7 @@ def _event(
         "payload": {},
         "occurred_at": occurred,
         "published_at": published,
+        "done_at": published,  # handled as it was published, unless `extra` says
         **extra,
     }
 
@@ -102,6 +103,9 @@ async def test_events_go_once_published_and_kept_long_enough(
         _event("recently-published", now - 30 * DAY, now - 6 * DAY),
         _event("never-published", now - 100 * DAY, None),
         _event("given-up", now - 100 * DAY, None, attempts=99, last_error="boom"),
+        # In the stream (or lost by Redis) and never handled: the relay still
+        # needs the row to publish it again.
+        _event("never-handled", now - 30 * DAY, now - 20 * DAY, done_at=None),
     )
     await _insert(
         engine,
@@ -119,6 +123,7 @@ async def test_events_go_once_published_and_kept_long_enough(
         "recently-published",
         "never-published",
         "given-up",
+        "never-handled",
     ]
     assert await _column(engine, ProcessedEvent, "event_id") == ["b"]
     assert _pruned("outbox_events") == before + 1

@@ -55,7 +55,9 @@ async def ready(
     Redis, when configured, is probed and reported but does not make the
     instance unready: without it the API still serves (see
     `check_readiness`), so the answer is 200 with status `degraded` and
-    `redis: "down: <reason>"`. The mail circuit breaker is reported too
+    `redis: "down: <reason>"`; a Redis that may lose events (no AOF, an
+    evicting policy) is `redis: "ok (warning: ...)"` and still `ready`. The
+    mail circuit breaker is reported too
     (`email`: closed / open / half_open): queued emails wait for the server.
     """
     statuses = await check_readiness(
@@ -64,7 +66,7 @@ async def ready(
     email = request.app.state.email_transport.breaker_state
     if all(status.ok for status in statuses if status.required):
         components = {
-            status.name: "ok" if status.ok else f"down: {status.detail}"
+            status.name: status.detail if status.ok else f"down: {status.detail}"
             for status in statuses
         }
         degraded = not all(status.ok for status in statuses)
