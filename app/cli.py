@@ -20,7 +20,7 @@ from app.core.config import Settings, get_settings
 from app.core.exceptions import AppError
 from app.core.logging import configure_logging
 from app.core.security import PasswordHasher
-from app.database import Database, safe_url, upgrade_to_head
+from app.database import Database, SchemaCheck, safe_url, upgrade_to_head
 from app.schemas.user import SuperuserCreate
 from app.services import accounts
 from app.services.eventing import build_event_runtime, consumer_settings
@@ -61,6 +61,34 @@ def _database_unreachable(settings: Settings, exc: BaseException) -> NoReturn:
     _fail(f"cannot use the database at {safe_url(settings.DATABASE_URL)}: {reason}")
 
 
+async def _schema_problem(settings: Settings) -> str | None:
+    database = Database(settings)
+    try:
+        async with asyncio.timeout(settings.READY_TIMEOUT_SECONDS):
+            async with database.engine.connect() as connection:
+                return await SchemaCheck().problem(connection)
+    finally:
+        await database.dispose()
+
+
+def _warn_unless_migrated(settings: Settings) -> None:
+    """Say at start when the schema is not at head: every request would fail."""
+    where = safe_url(settings.DATABASE_URL)
+    try:
+        problem = asyncio.run(_schema_problem(settings))
+    except (DBAPIError, OSError) as exc:  # OSError includes TimeoutError
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        problem = f"cannot check its schema now ({reason})"
+    if problem is not None:
+        typer.secho(
+            f"warning: database at {where}: {problem}; /ready answers 503 "
+            "until the database answers at the migrations' head",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -85,6 +113,7 @@ def serve(
             code=2,
         )
     configure_logging(settings.LOG_LEVEL)
+    _warn_unless_migrated(settings)
     base = f"http://{host}:{port}"
     typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
     typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
