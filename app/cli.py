@@ -77,8 +77,8 @@ def _warn_unless_migrated(settings: Settings) -> None:
     try:
         problem = asyncio.run(_schema_problem(settings))
     except (DBAPIError, OSError) as exc:  # OSError includes TimeoutError
-        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
+        text = str(getattr(exc, "orig", None) or exc).strip().partition("\n")[0]
+        reason = text or type(exc).__name__
         problem = f"cannot check its schema now ({reason})"
     if problem is not None:
         typer.secho(

@@ -208,7 +208,7 @@ def _failure_response(exc: Exception, path: str) -> Any:
     it is the database's state, not a bug here.
     """
     if database_unavailable(exc):
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = str(exc).strip().partition("\n")[0]
         error_logger.warning(
             "database unavailable",
             extra={"path": path, "error": f"{type(exc).__name__}: {reason}"},

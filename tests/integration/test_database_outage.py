@@ -189,6 +189,26 @@ async def test_sqlite_locked_past_the_busy_timeout_is_503(
     assert again.status_code == 201
 
 
+async def test_a_writer_in_the_same_process_past_the_busy_timeout_is_503(
+    database_url: str, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("the SQLite driver's own queue of writers")
+    async with app_and_http(DATABASE_URL=database_url, SQLITE_BUSY_TIMEOUT_MS=300) as (
+        app,
+        http,
+    ):
+        headers = await sign_up_and_log_in(http)
+        async with app.state.database.engine.begin() as long_writer:
+            await long_writer.execute(
+                text("UPDATE users SET first_name = first_name WHERE id = 0")
+            )
+            queued = await http.post(ITEMS, json={"title": "t"}, headers=headers)
+        again = await http.post(ITEMS, json={"title": "t"}, headers=headers)
+    assert_unavailable(queued)
+    assert again.status_code == 201
+
+
 async def test_a_bad_statement_is_still_a_500(database_url: str) -> None:
     app = create_app(make_settings(DATABASE_URL=database_url))
 
