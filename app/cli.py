@@ -22,7 +22,7 @@ from app.core.exceptions import AppError
 from app.core.logging import configure_logging
 from app.core.security import PasswordHasher
 from app.core.text import IdentityCollisionError
-from app.database import Database, safe_url, upgrade_to_head
+from app.database import Database, SchemaCheck, safe_url, upgrade_to_head
 from app.schemas.user import SuperuserCreate
 from app.services import accounts
 from app.services.eventing import build_event_runtime, consumer_settings
@@ -66,6 +66,34 @@ def _database_unreachable(settings: Settings, exc: BaseException) -> NoReturn:
     _fail(f"cannot use the database at {safe_url(settings.DATABASE_URL)}: {reason}")
 
 
+async def _schema_problem(settings: Settings) -> str | None:
+    database = Database(settings)
+    try:
+        async with asyncio.timeout(settings.READY_TIMEOUT_SECONDS):
+            async with database.engine.connect() as connection:
+                return await SchemaCheck().problem(connection)
+    finally:
+        await database.dispose()
+
+
+def _warn_unless_migrated(settings: Settings) -> None:
+    """Say at start when the schema is not at head: every request would fail."""
+    where = safe_url(settings.DATABASE_URL)
+    try:
+        problem = asyncio.run(_schema_problem(settings))
+    except (DBAPIError, OSError) as exc:  # OSError includes TimeoutError
+        text = str(getattr(exc, "orig", None) or exc).strip().partition("\n")[0]
+        reason = text or type(exc).__name__
+        problem = f"cannot check its schema now ({reason})"
+    if problem is not None:
+        typer.secho(
+            f"warning: database at {where}: {problem}; /ready answers 503 "
+            "until the database answers at the migrations' head",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -90,6 +118,7 @@ def serve(
             code=2,
         )
     configure_logging(settings.LOG_LEVEL)
+    _warn_unless_migrated(settings)
     config = uvicorn.Config(
         "app.main:create_app",
         factory=True,

@@ -8,9 +8,12 @@ from typing import Any
 import orjson
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -211,3 +214,52 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
 def upgrade_to_head(url: str | None = None) -> None:
     """Apply every migration (synchronously; runs its own event loop)."""
     alembic_command.upgrade(alembic_config(url), "head")
+
+
+def migration_heads() -> frozenset[str]:
+    """The revisions the migration scripts end at (read from the files, not the database)."""
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def _current_revisions(connection: Connection) -> frozenset[str]:
+    # No alembic_version table (an empty database) reads as no revision.
+    return frozenset(MigrationContext.configure(connection).get_current_heads())
+
+
+def _revisions(revisions: frozenset[str]) -> str:
+    return ", ".join(sorted(revisions)) or "none"
+
+
+class SchemaCheck:
+    """Whether a database's schema is at the migrations' head.
+
+    The head is read from the scripts once, when the check is made. Once a
+    database was found at it, it is not read again: a schema is not
+    downgraded under a running service, and the readiness probe that asks
+    stays one `SELECT 1`.
+    """
+
+    def __init__(self, expected: frozenset[str] | None = None) -> None:
+        """Expect `expected` revisions (default: the scripts' heads)."""
+        self.expected = migration_heads() if expected is None else expected
+        self._at_head = False
+
+    async def problem(self, connection: AsyncConnection) -> str | None:
+        """What is wrong with the schema `connection` sees, or None when at head.
+
+        Args:
+            connection: An open connection to the database to check.
+
+        Returns:
+            A one-line reason naming the database's and the scripts' revisions.
+        """
+        if self._at_head:
+            return None
+        current = await connection.run_sync(_current_revisions)
+        if current == self.expected:
+            self._at_head = True
+            return None
+        return (
+            f"schema at revision {_revisions(current)}, the migrations' head is "
+            f"{_revisions(self.expected)}: run `python -m app migrate`"
+        )

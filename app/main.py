@@ -31,7 +31,7 @@ from app.core.ratelimit import RateLimiter, storage_for
 from app.core.security import PasswordHasher
 from app.core.storage import LocalFileStorage
 from app.core.tokens import AccessTokenVerifier
-from app.database import Database
+from app.database import Database, SchemaCheck
 from app.services.eventing import build_event_runtime
 from app.services.items import ItemCreator
 from app.services.retention import Pruner
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.schema = SchemaCheck()  # the head, read from the scripts once
     app.state.item_creator = ItemCreator(
         database.sessionmaker, settings.idempotency_ttl
     )

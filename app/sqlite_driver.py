@@ -321,7 +321,11 @@ class InlineConnection(AsyncAdapt_aiosqlite_connection):
             async with asyncio.timeout(self.dbapi.busy_timeout):
                 await self.dbapi.write_lock.acquire()
         except TimeoutError as exc:
-            raise sqlite3.OperationalError("database is locked") from exc
+            locked = sqlite3.OperationalError("database is locked")
+            # As SQLite's own error says it, so callers tell it by its code.
+            locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            locked.sqlite_errorname = "SQLITE_BUSY"
+            raise locked from exc
         self.holds_write_lock = True
 
     def release_write_lock(self) -> None:

@@ -367,4 +367,9 @@ COMMON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {**ERROR_RESPONSE, "description": "PAYLOAD_TOO_LARGE"},
     422: {**ERROR_RESPONSE, "description": "VALIDATION_ERROR"},
     500: {**ERROR_RESPONSE, "description": "INTERNAL_ERROR"},
+    503: {
+        **ERROR_RESPONSE,
+        "description": "SERVICE_UNAVAILABLE: the database is down or busy "
+        "(with `Retry-After`)",
+    },
 }

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id, access log, security headers, last-resort 500."""
+"""Pure ASGI middleware: request id, access log, security headers, last-resort 500/503."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core import metrics
 from app.core.exceptions import error_response
 from app.core.logging import client_ip_var, request_id_var
+from app.core.unavailable import RETRY_AFTER_SECONDS, database_unavailable
 
 access_logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
@@ -127,12 +128,9 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_headers)
             else:
                 await self.app(scope, self._limited(receive, limit), send_with_headers)
-        except Exception:
-            error_logger.exception("unhandled exception", extra={"path": scope["path"]})
+        except Exception as exc:
+            response = _failure_response(exc, scope["path"])
             if "started" not in status_holder:
-                response = error_response(
-                    500, "INTERNAL_ERROR", "An unexpected error occurred"
-                )
                 await response(scope, receive, send_with_headers)
         finally:
             self._log_access(scope, status_holder["status"], started)
@@ -201,6 +199,28 @@ def route_template(scope: Scope) -> str | None:
         if char == "/" and index and regex.match(path[index:]):
             return path[:index] + template
     return template
+
+
+def _failure_response(exc: Exception, path: str) -> Any:
+    """503 when the database is down or busy (retry later), else a generic 500.
+
+    An outage is logged as one warning line per request, not a traceback:
+    it is the database's state, not a bug here.
+    """
+    if database_unavailable(exc):
+        reason = str(exc).strip().partition("\n")[0]
+        error_logger.warning(
+            "database unavailable",
+            extra={"path": path, "error": f"{type(exc).__name__}: {reason}"},
+        )
+        return error_response(
+            503,
+            "SERVICE_UNAVAILABLE",
+            "The database is unavailable or busy; try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    error_logger.exception("unhandled exception", extra={"path": path})
+    return error_response(500, "INTERNAL_ERROR", "An unexpected error occurred")
 
 
 def _too_large_response() -> Any:

@@ -12,6 +12,8 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.database import SchemaCheck
+
 logger = logging.getLogger("app.health")
 
 
@@ -27,6 +29,10 @@ class ComponentStatus:
     """Whether the instance can serve without it (Redis: yes, degraded)."""
 
 
+class NotReadyError(Exception):
+    """A dependency answered, but not as the instance needs (its message says how)."""
+
+
 async def _probe(
     name: str,
     check: Callable[[], Awaitable[str | None]],
@@ -40,6 +46,8 @@ async def _probe(
     except TimeoutError:
         detail = f"no answer within {probe_timeout:g}s"
         return ComponentStatus(name, False, detail, required)
+    except NotReadyError as exc:
+        return ComponentStatus(name, False, str(exc), required)
     except Exception as exc:  # any failure means "down", whatever the driver
         logger.warning("readiness probe failed", extra={"component": name})
         return ComponentStatus(name, False, type(exc).__name__, required)
@@ -86,12 +94,16 @@ async def redis_durability(client: Redis) -> str | None:
 
 
 async def check_readiness(
-    engine: AsyncEngine, redis_url: str | None, probe_timeout: float
+    engine: AsyncEngine,
+    schema: SchemaCheck,
+    redis_url: str | None,
+    probe_timeout: float,
 ) -> list[ComponentStatus]:
     """Probe the database and, when configured, Redis, each within `probe_timeout`.
 
     Args:
         engine: The application's engine.
+        schema: The migrations' head the database must be at.
         redis_url: Redis URL, or None when the service runs without Redis.
         probe_timeout: Seconds each probe may take.
 
@@ -102,6 +114,10 @@ async def check_readiness(
     async def database() -> None:
         async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+            # A database that answers but lacks the tables fails every request.
+            problem = await schema.problem(connection)
+        if problem is not None:
+            raise NotReadyError(problem)
 
     probes = [_probe("database", database, probe_timeout)]
     if redis_url:

@@ -45,12 +45,21 @@ async def health(settings: SettingsDep) -> HealthOut:
 @router.get(
     "/ready",
     summary="Readiness probe",
-    responses={503: {**ERROR_RESPONSE, "description": "A dependency is down"}},
+    responses={
+        503: {
+            **ERROR_RESPONSE,
+            "description": "The database is down or its schema is not at the "
+            "migrations' head",
+        }
+    },
 )
 async def ready(
     request: Request, settings: SettingsDep, database: DatabaseDep
 ) -> ReadyOut:
-    """Answer 200 when the database answers in time, 503 when it does not.
+    """Answer 200 when the database answers in time, at the migrations' head.
+
+    503 when it does not answer, or its schema is not at the head (the
+    `database` detail names its revision and the expected one).
 
     Redis, when configured, is probed and reported but does not make the
     instance unready: without it the API still serves (see
@@ -61,7 +70,10 @@ async def ready(
     (`email`: closed / open / half_open): queued emails wait for the server.
     """
     statuses = await check_readiness(
-        database.engine, settings.REDIS_URL, settings.READY_TIMEOUT_SECONDS
+        database.engine,
+        request.app.state.schema,
+        settings.REDIS_URL,
+        settings.READY_TIMEOUT_SECONDS,
     )
     email = request.app.state.email_transport.breaker_state
     if all(status.ok for status in statuses if status.required):
