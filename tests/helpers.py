@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -142,6 +143,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a paused one must hear TERM
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None

@@ -4,6 +4,11 @@ It runs its own event loop in a thread, so it serves an app in the test's
 loop and a server in another process alike. `cut()` resets every open link
 and stops listening (new connections are refused, as from a stopped server);
 `restore()` listens on the same port again.
+
+`stall()` holds every byte in the proxy, both ways, as a `SIGSTOP`ped server
+would: nothing is answered, and after `resume()` what was queued goes on,
+except what a client sent before it gave up and closed its link (lost, as
+after an abortive close: the hardest case for a command that must land).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()  # used in the proxy's own loop only
+        self._flowing.set()
 
     def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
@@ -55,8 +62,23 @@ class TcpProxy:
         """Reset every open link and refuse new ones."""
         self._call(self._cut())
 
+    def stall(self) -> None:
+        """Hold every byte until `resume`."""
+        self._call(self._set_flowing(False))
+
+    def resume(self) -> None:
+        """Deliver what is held (but from links closed meanwhile), and flow again."""
+        self._call(self._set_flowing(True))
+
+    async def _set_flowing(self, flowing: bool) -> None:
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
     def close(self) -> None:
         """Cut and stop the thread."""
+        self.resume()
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
@@ -88,14 +110,21 @@ class TcpProxy:
             return
         self._links.update((writer, up_writer))
         await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer)
+            self._pump(reader, up_writer, writer),
+            self._pump(up_reader, writer, up_writer),
         )
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sender: asyncio.StreamWriter,
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                await self._flowing.wait()  # held while stalled
+                if sender.transport.is_closing():
+                    break  # its sender gave up while it was held: lost
                 writer.write(data)
                 await writer.drain()
         self._links.discard(writer)

@@ -1,5 +1,5 @@
 """Revocations under Redis faults, with real processes: `serve --workers 2`, a
-private redis-server the test pauses (SIGSTOP), kills and restarts from its
+private redis-server the test pauses (SIGSTOP), stops and restarts from its
 append-only file, and the old access token tried on every worker afterwards.
 """
 
@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.backends import FailFastRedis
 from app.database import upgrade_to_head
 from tests.conftest import (
     TEST_DATABASE_URL,
@@ -28,65 +27,15 @@ from tests.conftest import (
     _drop_postgres_database,
 )
 from tests.e2e.test_server import free_port, wait_until_up
+from tests.helpers import REDIS_SERVER, RedisProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed"),
 ]
 PASSWORD = "Revoke-Proc-Pass-1"
 CACHE_TTL = 15  # long enough that only a correct revocation explains a 401
-
-
-class DurableRedis:
-    """A private redis-server with an append-only file, so a restart keeps its data."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-                *("--dir", str(self.directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def crash(self) -> None:
-        """SIGKILL: gone at once, its append-only file kept as it was."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture
@@ -106,9 +55,10 @@ async def database(tmp_path: Path) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def service(database: str, tmp_path: Path) -> Iterator[tuple[str, DurableRedis]]:
+def service(database: str, tmp_path: Path) -> Iterator[tuple[str, RedisProcess]]:
     """`serve --workers 2` on one port, with the private Redis."""
-    redis = DurableRedis(tmp_path)
+    # An append-only file, so that a restart brings its data back.
+    redis = RedisProcess(tmp_path, ["--appendonly", "yes", "--appendfsync", "always"])
     redis.start()
     env = {
         **{
@@ -183,7 +133,18 @@ def _in_background(call: Callable[[], httpx.Response]) -> Callable[[], httpx.Res
 
 
 def _answers_afterwards(base: str, headers: dict[str, str]) -> set[int]:
-    """What the old token gets, on fresh connections (spread over the workers)."""
+    """What the old token gets, at once and once every worker trusts Redis again.
+
+    A worker that saw Redis fail asks the database for a few seconds
+    (`FailFastRedis`); the stale entries would show only after that.
+    Fresh connections spread the requests over the workers.
+    """
+    statuses = _probe(base, headers)
+    time.sleep(FailFastRedis.retry_after_seconds + 1)
+    return statuses | _probe(base, headers)
+
+
+def _probe(base: str, headers: dict[str, str]) -> set[int]:
     statuses = {
         httpx.get(f"{base}/api/v1/users/me", headers=headers, timeout=30).status_code
         for _ in range(12)
@@ -198,29 +159,30 @@ def _answers_afterwards(base: str, headers: dict[str, str]) -> set[int]:
 
 
 def test_a_logout_while_redis_is_paused_holds_on_every_worker(
-    service: tuple[str, DurableRedis],
+    service: tuple[str, RedisProcess],
 ) -> None:
     base, redis = service
     headers = _session(base, "paused")
 
-    redis.signal(signal.SIGSTOP)
+    assert redis.process is not None
+    redis.process.send_signal(signal.SIGSTOP)
     logout = _in_background(
         lambda: httpx.post(f"{base}/api/v1/auth/logout", headers=headers, timeout=60)
     )
     time.sleep(3)  # past the client's socket timeout: Redis counts as down
-    redis.signal(signal.SIGCONT)
+    redis.process.send_signal(signal.SIGCONT)
 
     assert logout().status_code == 204
     assert _answers_afterwards(base, headers) == {401}
 
 
 def test_a_logout_all_while_redis_is_down_holds_after_it_restarts_with_its_data(
-    service: tuple[str, DurableRedis],
+    service: tuple[str, RedisProcess],
 ) -> None:
     base, redis = service
     headers = _session(base, "crashed")
 
-    redis.crash()  # the cached entry is in its append-only file
+    redis.stop()  # the cached entry is in its append-only file
     logout_all = _in_background(
         lambda: httpx.post(
             f"{base}/api/v1/auth/logout-all", headers=headers, timeout=60
@@ -234,12 +196,12 @@ def test_a_logout_all_while_redis_is_down_holds_after_it_restarts_with_its_data(
 
 
 def test_a_logout_while_redis_stays_down_holds_when_its_data_comes_back(
-    service: tuple[str, DurableRedis],
+    service: tuple[str, RedisProcess],
 ) -> None:
     base, redis = service
     headers = _session(base, "late")
 
-    redis.crash()
+    redis.stop()
     answer = httpx.post(f"{base}/api/v1/auth/logout", headers=headers, timeout=60)
     redis.start()  # after the answer, with the entry from before the logout
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -35,7 +35,7 @@ from tests.conftest import (
     make_user,
     truncate_all,
 )
-from tests.fault_proxy import FaultProxy
+from tests.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.skipif(TEST_REDIS_URL is None, reason="TEST_REDIS_URL not set")
 
@@ -45,18 +45,15 @@ ME = "/api/v1/users/me"
 
 
 @pytest.fixture
-async def proxy() -> AsyncIterator[FaultProxy]:
+def proxy() -> Iterator[TcpProxy]:
     target = urlparse(str(TEST_REDIS_URL))
-    running = FaultProxy(target.hostname or "127.0.0.1", target.port or 6379)
-    await running.start()
-    yield running
-    running.resume()
-    await running.cut()
+    with tcp_proxy(target.hostname or "127.0.0.1", target.port or 6379) as running:
+        yield running
 
 
 @pytest.fixture
 async def processes(
-    database_url: str, proxy: FaultProxy, tmp_path: Any
+    database_url: str, proxy: TcpProxy, tmp_path: Any
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Two apps ("processes") on one database and one Redis behind the proxy."""
     db_index = urlparse(str(TEST_REDIS_URL)).path.lstrip("/") or "0"
@@ -194,7 +191,7 @@ async def _refused_everywhere(
 
 @pytest.mark.parametrize("revoke", REVOCATIONS, ids=lambda r: r.__name__)
 async def test_a_revocation_whose_deletion_redis_lost_holds_when_redis_resumes(
-    processes: tuple[Any, Any], proxy: FaultProxy, revoke: Revocation
+    processes: tuple[Any, Any], proxy: TcpProxy, revoke: Revocation
 ) -> None:
     a_app, b_app = processes
     async with http(a_app) as a, http(b_app) as b:
@@ -211,7 +208,7 @@ async def test_a_revocation_whose_deletion_redis_lost_holds_when_redis_resumes(
 
 
 async def test_a_logout_that_redis_never_confirms_answers_after_the_cache_ttl(
-    processes: tuple[Any, Any], proxy: FaultProxy
+    processes: tuple[Any, Any], proxy: TcpProxy
 ) -> None:
     a_app, b_app = processes
     async with http(a_app) as a, http(b_app) as b:
