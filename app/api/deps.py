@@ -26,7 +26,7 @@ from app.core.exceptions import (
 )
 from app.core.principal import Principal
 from app.core.ratelimit import RateLimiter
-from app.core.scopes import SCOPE_DESCRIPTIONS
+from app.core.scopes import ACCOUNT_READ, ACCOUNT_WRITE, SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
 from app.core.storage import FileStorage
 from app.database import Database
@@ -199,7 +199,12 @@ def _event(name: str, request: Request, **fields: object) -> dict[str, object]:
     }
 
 
+# Any valid token, whatever its scopes: only `POST /auth/logout` (ending the
+# token's own session must always be possible) and routes that check per user.
 CurrentPrincipal = Annotated[Principal, Security(get_principal)]
+# The caller's own account and sessions.
+AccountReader = Annotated[Principal, Security(get_principal, scopes=[ACCOUNT_READ])]
+AccountWriter = Annotated[Principal, Security(get_principal, scopes=[ACCOUNT_WRITE])]
 LoginGuardDep = Annotated[LoginGuard, Depends(get_login_guard)]
 ClientDep = Annotated[ClientInfo, Depends(client_info)]
 
