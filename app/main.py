@@ -134,6 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-Request-ID",
                 "X-CSRF-Token",
             ],
-            expose_headers=["ETag", "X-Request-ID", "Retry-After", "Location"],
+            expose_headers=[
+                "ETag",
+                "X-Request-ID",
+                "Retry-After",
+                "Location",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     return app
