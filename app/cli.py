@@ -87,7 +87,8 @@ def serve(
     configure_logging(settings.LOG_LEVEL)
     base = f"http://{host}:{port}"
     typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
-    typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
+    if settings.docs_enabled:
+        typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
     uvicorn.run(
         "app.main:create_app",
         factory=True,

@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title=settings.PROJECT_NAME,
         version=settings.VERSION,
-        openapi_url=openapi_url,
+        openapi_url=openapi_url if settings.docs_enabled else None,
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
@@ -108,7 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics.router)
     include_v1(app, settings.API_V1_STR)
     include_v2(app, "/api/v2")
-    install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
+    if settings.docs_enabled:
+        install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
 
     app.add_middleware(
         RequestContextMiddleware,
