@@ -138,7 +138,8 @@ def serve(
     sock = _listen(host, port, config.backlog)
     base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     typer.echo(f"Serving {settings.PROJECT_NAME} on {base}")
-    typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
+    if settings.docs_enabled:
+        typer.echo(f"API docs: {base}/docs  (ReDoc: {base}/redoc)")
     _run_uvicorn(config, sock)
 
 

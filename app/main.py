@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title=settings.PROJECT_NAME,
         version=settings.VERSION,
-        openapi_url=openapi_url,
+        openapi_url=openapi_url if settings.docs_enabled else None,
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
@@ -117,7 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(metrics.router)
     include_v1(app, settings.API_V1_STR)
     include_v2(app, "/api/v2")
-    install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
+    if settings.docs_enabled:
+        install_docs(app, openapi_url=openapi_url, title=settings.PROJECT_NAME)
 
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(
@@ -144,7 +145,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "X-Request-ID",
                 "X-CSRF-Token",
             ],
-            expose_headers=["ETag", "X-Request-ID", "Retry-After", "Location"],
+            expose_headers=[
+                "ETag",
+                "X-Request-ID",
+                "Retry-After",
+                "Location",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
         )
     # Outermost: every layer, the access log included, sees the validated address.
     app.add_middleware(

@@ -339,6 +339,7 @@ def _settings_lines(options: Options) -> list[str]:
         "ENVIRONMENT=production",
         "SECRET_KEY=<random 48 bytes>",
         "RATE_LIMIT_ENABLED=false",
+        "METRICS_TOKEN=<the secret key>, DOCS_ENABLED=true",
         "LOG_LEVEL=INFO (JSON access log to the server log file)",
         "every other setting at its default",
     ]

@@ -58,6 +58,10 @@ def server_env(
             "SECRET_KEY": secret_key,
             "DATABASE_URL": database_url,
             "RATE_LIMIT_ENABLED": "false",
+            # Production requires a metrics token; the runner reads the
+            # OpenAPI document to check the routes it measures exist.
+            "METRICS_TOKEN": secret_key,
+            "DOCS_ENABLED": "true",
             "PYTHONPATH": os.pathsep.join(python_path),
             "PYTHONDONTWRITEBYTECODE": "1",
         }

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request, Response, Security
+from fastapi import Depends, Path, Request, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +24,10 @@ from app.core.exceptions import (
     NotAuthenticatedError,
     RateLimitedError,
 )
+from app.core.middleware import RATE_LIMIT_STATE
 from app.core.principal import Principal
 from app.core.ratelimit import EmailThrottle, RateLimiter
-from app.core.scopes import SCOPE_DESCRIPTIONS
+from app.core.scopes import ACCOUNT_READ, ACCOUNT_WRITE, SCOPE_DESCRIPTIONS
 from app.core.security import PasswordHasher
 from app.core.storage import FileStorage
 from app.database import Database
@@ -115,7 +116,6 @@ async def client_info(request: Request) -> ClientInfo:
 async def get_principal(
     security_scopes: SecurityScopes,
     request: Request,
-    response: Response,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
     """Authenticate the bearer token and check the scopes the route declares.
@@ -154,7 +154,6 @@ async def get_principal(
         bucket = "password" if path.endswith(PASSWORD_CHANGE_PATH) else "writes"
         await _enforce(
             request,
-            response,
             state.settings.RATE_LIMIT_WRITES,
             bucket,
             f"user:{principal.user_id}",
@@ -168,9 +167,7 @@ PASSWORD_CHANGE_PATH = "/users/me/password"  # noqa: S105 - a route, not a secre
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-async def _enforce(
-    request: Request, response: Response, limit: str, name: str, key: str
-) -> None:
+async def _enforce(request: Request, limit: str, name: str, key: str) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     decision = await limiter.hit(limit, name, key)
     if decision is None:
@@ -178,15 +175,16 @@ async def _enforce(
     if not decision.allowed:
         metrics.RATE_LIMITED.labels(name).inc()
         raise RateLimitedError(decision.reset_seconds, headers=decision.headers())
-    response.headers.update(decision.headers())
+    # Not on the dependency's `Response`: FastAPI drops its headers when a
+    # route returns its own Response (POST /items, PATCH /items/{id}) or an
+    # error is raised later. The middleware adds these to whatever is sent.
+    setattr(request.state, RATE_LIMIT_STATE, decision.headers())
 
 
-async def limit_by_client_ip(
-    request: Request, response: Response, settings: SettingsDep
-) -> None:
+async def limit_by_client_ip(request: Request, settings: SettingsDep) -> None:
     """Per-IP limit of the authentication routes (signup, login, refresh, ...)."""
     ip = request.client.host if request.client else "unknown"
-    await _enforce(request, response, settings.RATE_LIMIT_AUTH, "auth", f"ip:{ip}")
+    await _enforce(request, settings.RATE_LIMIT_AUTH, "auth", f"ip:{ip}")
 
 
 def _event(name: str, request: Request, **fields: object) -> dict[str, object]:
@@ -199,7 +197,12 @@ def _event(name: str, request: Request, **fields: object) -> dict[str, object]:
     }
 
 
+# Any valid token, whatever its scopes: only `POST /auth/logout` (ending the
+# token's own session must always be possible) and routes that check per user.
 CurrentPrincipal = Annotated[Principal, Security(get_principal)]
+# The caller's own account and sessions.
+AccountReader = Annotated[Principal, Security(get_principal, scopes=[ACCOUNT_READ])]
+AccountWriter = Annotated[Principal, Security(get_principal, scopes=[ACCOUNT_WRITE])]
 LoginGuardDep = Annotated[LoginGuard, Depends(get_login_guard)]
 ClientDep = Annotated[ClientInfo, Depends(client_info)]
 

@@ -133,7 +133,14 @@ class Settings(BaseSettings):
     # it has expired (app/core/cache.py).
     AUTH_CACHE_TTL_SECONDS: float = Field(default=10.0, ge=0)
     METRICS_ENABLED: bool = True
+    # `Authorization: Bearer <token>` for /metrics. Required in production while
+    # metrics are on: pool use, backlogs and per-route traffic help an attacker
+    # time an attack, and the API's port is public.
     METRICS_TOKEN: SecretStr | None = None
+    # /docs, /redoc and /openapi.json. Unset: on, except in production, where
+    # the full map of the API (every route, parameter and scope) and pages that
+    # need a looser CSP (inline scripts) are served only if asked for.
+    DOCS_ENABLED: bool | None = None
 
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed (by the app,
     # under any ASGI server; a forwarded value that is no IP is ignored):
@@ -154,6 +161,14 @@ class Settings(BaseSettings):
     PRUNE_BATCH_SIZE: int = Field(default=1000, ge=1)
     RETENTION_DAYS: int = Field(default=7, ge=0)
     PROCESSED_EVENT_RETENTION_DAYS: int = Field(default=30, ge=1)
+
+    @field_validator("METRICS_TOKEN", "DOCS_ENABLED", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`METRICS_TOKEN=` or `DOCS_ENABLED=` (as in `.env.example`) mean unset."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("BACKEND_CORS_ORIGINS", mode="before")
     @classmethod
@@ -206,6 +221,26 @@ class Settings(BaseSettings):
                     f"SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes in production"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _metrics_token_in_production(self) -> Settings:
+        """Production never serves /metrics to anyone who asks."""
+        if self.ENVIRONMENT != "production" or not self.METRICS_ENABLED:
+            return self
+        token = self.METRICS_TOKEN.get_secret_value() if self.METRICS_TOKEN else ""
+        if token.strip().lower() in KNOWN_DEFAULT_SECRETS:
+            raise ValueError(
+                "METRICS_TOKEN is missing or a known default; set a random value "
+                "(Prometheus sends it as a bearer token) or METRICS_ENABLED=false"
+            )
+        return self
+
+    @property
+    def docs_enabled(self) -> bool:
+        """Whether /docs, /redoc and /openapi.json are served (`DOCS_ENABLED`)."""
+        if self.DOCS_ENABLED is None:
+            return self.ENVIRONMENT != "production"
+        return self.DOCS_ENABLED
 
     @property
     def refresh_idle_timeout(self) -> timedelta:

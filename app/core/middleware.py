@@ -40,6 +40,8 @@ DOCS_CSP = (
 )
 DOCS_PATH_PREFIXES = ("/docs", "/redoc")
 TOO_LARGE_MESSAGE = "The request body is too large"
+RATE_LIMIT_STATE = "rate_limit_headers"
+"""Request-state key of the `RateLimit-*` headers the response must carry."""
 
 
 def _pick_request_id(scope: Scope) -> str:
@@ -111,12 +113,7 @@ class RequestContextMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in self.security_headers.items():
-                    headers.setdefault(name, value)
-                if is_docs:
-                    headers["Content-Security-Policy"] = DOCS_CSP
+                self._add_headers(message, scope, request_id, is_docs=is_docs)
                 status_holder["started"] = 1
             await send(message)
 
@@ -136,6 +133,19 @@ class RequestContextMiddleware:
             self._log_access(scope, status_holder["status"], started)
             request_id_var.reset(token)
             client_ip_var.reset(ip_token)
+
+    def _add_headers(
+        self, message: Message, scope: Scope, request_id: str, *, is_docs: bool
+    ) -> None:
+        headers = MutableHeaders(scope=message)
+        headers["X-Request-ID"] = request_id
+        for name, value in self.security_headers.items():
+            headers.setdefault(name, value)
+        if is_docs:
+            headers["Content-Security-Policy"] = DOCS_CSP
+        # Set by the rate limiter (app/api/deps.py) when a limit applied.
+        for name, value in scope["state"].get(RATE_LIMIT_STATE, {}).items():
+            headers.setdefault(name, value)
 
     def _limit_for(self, path: str) -> int:
         for pattern, limit in self.large_bodies:

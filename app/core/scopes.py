@@ -14,6 +14,8 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+ACCOUNT_READ = "account:read"
+ACCOUNT_WRITE = "account:write"
 USERS_READ = "users:read"
 USERS_WRITE = "users:write"
 USERS_DELETE = "users:delete"
@@ -24,6 +26,10 @@ ITEMS_MODERATE = "items:moderate"
 ADMIN_ALL = "admin:all"
 
 SCOPE_DESCRIPTIONS: dict[str, str] = {
+    ACCOUNT_READ: "Read my own account and sessions",
+    ACCOUNT_WRITE: (
+        "Change my profile and password, end my sessions, request email verification"
+    ),
     USERS_READ: "Read other users' accounts",
     USERS_WRITE: "Create users and change their role or status",
     USERS_DELETE: "Deactivate users",
@@ -34,7 +40,9 @@ SCOPE_DESCRIPTIONS: dict[str, str] = {
     ADMIN_ALL: "Full administrative access (audit log, hard deletes)",
 }
 
-_USER = frozenset({ITEMS_READ, ITEMS_WRITE, ITEMS_DELETE})
+# Every role manages its own account; a token asked for with fewer scopes
+# (e.g. `items:read` for a reporting script) cannot touch the account at all.
+_USER = frozenset({ACCOUNT_READ, ACCOUNT_WRITE, ITEMS_READ, ITEMS_WRITE, ITEMS_DELETE})
 _MODERATOR = _USER | {USERS_READ, ITEMS_MODERATE}
 _ADMIN = frozenset(SCOPE_DESCRIPTIONS)
 

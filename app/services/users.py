@@ -13,10 +13,13 @@ from app.core.exceptions import (
     AppError,
     ConflictError,
     ForbiddenError,
+    InsufficientScopeError,
     NotFoundError,
 )
 from app.core.principal import Principal
 from app.core.scopes import (
+    ACCOUNT_READ,
+    ACCOUNT_WRITE,
     ADMIN_ALL,
     USERS_DELETE,
     USERS_READ,
@@ -135,8 +138,21 @@ async def profile(
 
 
 async def _visible_user(
-    session: AsyncSession, principal: Principal, user_id: int, *, lock: bool = False
+    session: AsyncSession,
+    principal: Principal,
+    user_id: int,
+    *,
+    own_scope: str,
+    lock: bool = False,
 ) -> User:
+    """The user `user_id`, if the caller may see them; yourself needs `own_scope`.
+
+    `/users/{id}` with one's own id is `/users/me` under another name: it needs
+    the same account scope, or a narrow token could read or change the account
+    through it.
+    """
+    if user_id == principal.user_id and not principal.has(own_scope):
+        raise InsufficientScopeError(own_scope)
     repository = UserRepository(session)
     user = await (repository.get_locked if lock else repository.get)(user_id)
     if user is None or not (user.id == principal.user_id or principal.has(USERS_READ)):
@@ -145,12 +161,13 @@ async def _visible_user(
 
 
 async def get_user(session: AsyncSession, principal: Principal, user_id: int) -> User:
-    """A user the caller may see: themselves, or anyone with `users:read`.
+    """A user the caller may see: themselves (`account:read`), or anyone with `users:read`.
 
     Raises:
+        InsufficientScopeError: Yourself, without `account:read`.
         UserNotFoundError: Unknown, or not visible to the caller.
     """
-    return await _visible_user(session, principal, user_id)
+    return await _visible_user(session, principal, user_id, own_scope=ACCOUNT_READ)
 
 
 def _apply(user: User, changes: dict[str, object]) -> dict[str, object]:
@@ -202,6 +219,7 @@ async def update_user(
     Nobody changes their own role, active or verified flag.
 
     Raises:
+        InsufficientScopeError: Yourself, without `account:write`.
         UserNotFoundError: Unknown or invisible user.
         ForbiddenError: The caller may see but not change this user or field.
     """
@@ -209,7 +227,9 @@ async def update_user(
     guard_admins = principal.has(USERS_WRITE) and _may_end_an_admin(changes)
     if guard_admins:  # before the user's row: see `lock_active_admins`
         await UserRepository(session).lock_active_admins()
-    user = await _visible_user(session, principal, user_id, lock=True)
+    user = await _visible_user(
+        session, principal, user_id, own_scope=ACCOUNT_WRITE, lock=True
+    )
     is_self = user.id == principal.user_id
     privileged = PRIVILEGED_FIELDS & changes.keys()
     if not is_self and not principal.has(USERS_WRITE):

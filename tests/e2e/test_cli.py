@@ -237,3 +237,28 @@ def test_production_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SECRET_KEY" in result.stderr
     assert "Serving" not in result.stdout
+
+
+def test_production_refuses_to_start_with_open_metrics(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"METRICS_TOKEN", "METRICS_ENABLED", "DATABASE_URL"}
+    }
+    env.update(
+        ENVIRONMENT="production",
+        SECRET_KEY="k" * 16 + "Q9" * 8,
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "8766"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "METRICS_TOKEN" in result.stderr
+    assert "Serving" not in result.stdout

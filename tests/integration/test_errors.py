@@ -127,6 +127,7 @@ async def test_cors_allows_listed_origin_only(database_url: str) -> None:
             DATABASE_URL=database_url,
             BACKEND_CORS_ORIGINS="https://app.example.com, https://admin.example.com/",
             ENVIRONMENT="production",
+            METRICS_TOKEN="scrape-secret-0123456789",
         )
     )
     transport = ASGITransport(app=app)

@@ -219,3 +219,41 @@ async def test_openapi_documents_envelopes_and_errors(client: AsyncClient) -> No
     assert envelope["properties"]["data"]["$ref"].endswith("/UserPublic")
     public = document["components"]["schemas"]["UserPublic"]["properties"]
     assert "hashed_password" not in public
+
+
+DOCS_PATHS = [
+    "/docs",
+    "/redoc",
+    "/docs/oauth2-redirect",
+    "/docs/static/swagger-ui-bundle.js",
+    "/api/v1/openapi.json",
+]
+
+
+async def _docs_statuses(database_url: str, **settings: object) -> list[int]:
+    app = create_app(make_settings(DATABASE_URL=database_url, **settings))
+    transport = ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://t") as http:
+        statuses = [(await http.get(path)).status_code for path in DOCS_PATHS]
+        statuses.append((await http.get("/health")).status_code)
+    await app.state.database.dispose()
+    return statuses
+
+
+async def test_docs_can_be_switched_off(database_url: str) -> None:
+    assert await _docs_statuses(database_url, DOCS_ENABLED=False) == [
+        *[404] * len(DOCS_PATHS),
+        200,
+    ]
+    assert await _docs_statuses(database_url) == [200] * (len(DOCS_PATHS) + 1)
+
+
+async def test_production_serves_docs_only_when_asked(database_url: str) -> None:
+    production = {"ENVIRONMENT": "production", "METRICS_TOKEN": "m" * 32}
+    assert await _docs_statuses(database_url, **production) == [
+        *[404] * len(DOCS_PATHS),
+        200,
+    ]
+    assert await _docs_statuses(database_url, DOCS_ENABLED=True, **production) == [
+        200
+    ] * (len(DOCS_PATHS) + 1)

@@ -39,7 +39,9 @@ async def test_form_login_returns_rfc6749_token_response(
     }
     assert body["token_type"] == "bearer"
     assert body["expires_in"] == 15 * 60
-    assert body["scope"] == "items:delete items:read items:write"
+    assert body["scope"] == (
+        "account:read account:write items:delete items:read items:write"
+    )
     assert len(body["refresh_token"]) >= 43  # 256 bits, base64url
 
 
@@ -85,7 +87,7 @@ async def test_json_login_is_accepted(client: AsyncClient, alice: User) -> None:
     [
         ("items:read", "items:read"),
         ("items:read users:read admin:all", "items:read"),
-        ("", "items:delete items:read items:write"),
+        ("", "account:read account:write items:delete items:read items:write"),
     ],
 )
 async def test_scopes_are_requested_intersected_with_role(

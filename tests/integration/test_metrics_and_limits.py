@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from httpx import ASGITransport, AsyncClient
+from httpx import ASGITransport, AsyncClient, Response
+from redis.asyncio import Redis
 
 from app.main import create_app
 from app.models import User
 from tests.conftest import (
     DEFAULT_PASSWORD,
+    TEST_REDIS_URL,
     bearer,
     login,
     make_settings,
@@ -179,3 +182,98 @@ async def test_a_hung_redis_costs_a_timeout_now_and_then_not_on_every_call(
     assert [answer.status_code for answer in answers] == [200] * 5
     # Each call used to wait out the 2 s socket timeout: 5 requests, 20 s.
     assert elapsed < 2.0
+
+
+@asynccontextmanager
+async def limited_client(
+    database_url: str, **settings: Any
+) -> AsyncIterator[tuple[Any, AsyncClient]]:
+    """An app with rate limits on: in Redis when TEST_REDIS_URL is set, else memory."""
+    prefix = f"test:{uuid.uuid4().hex[:10]}:"
+    redis_settings = (
+        {"REDIS_URL": TEST_REDIS_URL, "REDIS_KEY_PREFIX": prefix}
+        if TEST_REDIS_URL
+        else {}
+    )
+    try:
+        async with app_client(
+            database_url, RATE_LIMIT_ENABLED=True, **redis_settings, **settings
+        ) as (app, http):
+            yield app, http
+            if app.state.redis is not None:
+                await app.state.redis.aclose()
+    finally:
+        if TEST_REDIS_URL:
+            redis = Redis.from_url(TEST_REDIS_URL)
+            keys = [key async for key in redis.scan_iter(f"{prefix}*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
+
+
+def _limit_headers(response: Response) -> tuple[str, int, int]:
+    """(Limit, Remaining, Reset) of a response; KeyError if one is missing."""
+    headers = response.headers
+    return (
+        headers["ratelimit-limit"],
+        int(headers["ratelimit-remaining"]),
+        int(headers["ratelimit-reset"]),
+    )
+
+
+async def test_every_limited_response_carries_the_ratelimit_headers(
+    database_url: str, signup_payload: dict[str, Any]
+) -> None:
+    # A day-long window: no window boundary inside the test, so each hit costs one.
+    async with limited_client(
+        database_url, RATE_LIMIT_AUTH="50/day", RATE_LIMIT_WRITES="40/day"
+    ) as (_, http):
+        auth = [
+            await http.post("/api/v1/auth/signup", json=signup_payload),
+            await http.post(
+                "/api/v1/auth/login",
+                data={"username": "ada", "password": signup_payload["password"]},
+            ),
+            await http.post(
+                "/api/v1/auth/login", data={"username": "ada", "password": "wrong-1A"}
+            ),
+        ]
+        tokens = auth[1].json()
+        auth.append(
+            await http.post(
+                "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+            )
+        )
+        token = bearer(auth[-1].json()["access_token"])
+        created = await http.post("/api/v1/items", json={"title": "t"}, headers=token)
+        item = f"/api/v1/items/{created.json()['data']['id']}"
+        writes = [
+            created,
+            await http.patch(item, json={"title": "u"}, headers=token),
+            await http.patch(
+                "/api/v1/users/me", json={"first_name": "Augusta"}, headers=token
+            ),
+            await http.post("/api/v1/items", json={"title": ""}, headers=token),
+            await http.patch(
+                "/api/v1/items/999999", json={"title": "u"}, headers=token
+            ),
+        ]
+
+    assert [r.status_code for r in auth] == [201, 200, 401, 200]
+    assert [r.status_code for r in writes] == [201, 200, 200, 422, 404]
+    auth_limits = [_limit_headers(r) for r in auth]
+    write_limits = [_limit_headers(r) for r in writes]
+    assert [(limit, left) for limit, left, _ in auth_limits] == [
+        ("50", 49),
+        ("50", 48),
+        ("50", 47),
+        ("50", 46),
+    ]
+    assert [(limit, left) for limit, left, _ in write_limits] == [
+        ("40", 39),
+        ("40", 38),
+        ("40", 37),
+        ("40", 36),
+        ("40", 35),
+    ]
+    assert all(0 <= reset <= 86400 for *_, reset in auth_limits + write_limits)

@@ -27,9 +27,59 @@ def test_production_refuses_missing_secret() -> None:
         settings(ENVIRONMENT="production")
 
 
+STRONG_SECRET = "k" * 16 + "Q9" * 8
+
+
 def test_production_accepts_long_random_secret() -> None:
-    value = settings(ENVIRONMENT="production", SECRET_KEY="k" * 16 + "Q9" * 8)
+    value = settings(
+        ENVIRONMENT="production", SECRET_KEY=STRONG_SECRET, METRICS_TOKEN="m" * 32
+    )
     assert value.ENVIRONMENT == "production"
+
+
+@pytest.mark.parametrize("token", [None, "", "  ", "changeme", "secret"])
+def test_production_refuses_metrics_without_a_real_token(token: str | None) -> None:
+    extra = {} if token is None else {"METRICS_TOKEN": token}
+    with pytest.raises(ValidationError, match="METRICS_TOKEN"):
+        settings(ENVIRONMENT="production", SECRET_KEY=STRONG_SECRET, **extra)
+
+
+def test_production_without_metrics_needs_no_metrics_token() -> None:
+    value = settings(
+        ENVIRONMENT="production", SECRET_KEY=STRONG_SECRET, METRICS_ENABLED=False
+    )
+    assert value.METRICS_TOKEN is None
+
+
+def test_an_empty_metrics_token_is_no_token() -> None:
+    # `.env.example` has `METRICS_TOKEN=`: that must not be a token "" that an
+    # empty bearer would match.
+    assert settings(METRICS_TOKEN="").METRICS_TOKEN is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "docs", "enabled"),
+    [
+        ("development", None, True),
+        ("development", "", True),
+        ("development", "false", False),
+        ("test", None, True),
+        ("production", None, False),
+        ("production", "", False),
+        ("production", "true", True),
+    ],
+)
+def test_docs_are_on_except_in_production_unless_set(
+    environment: str, docs: str | None, enabled: bool
+) -> None:
+    extra = {} if docs is None else {"DOCS_ENABLED": docs}
+    value = settings(
+        ENVIRONMENT=environment,
+        SECRET_KEY=STRONG_SECRET,
+        METRICS_TOKEN="m" * 32,
+        **extra,
+    )
+    assert value.docs_enabled is enabled
 
 
 def test_development_tolerates_the_dev_default() -> None:

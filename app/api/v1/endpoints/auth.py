@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import (
+    AccountReader,
+    AccountWriter,
     ClientDep,
     CurrentPrincipal,
     DatabaseDep,
@@ -284,7 +286,7 @@ async def logout(
     responses=AUTH_ERRORS,
 )
 async def logout_all(
-    principal: CurrentPrincipal,
+    principal: AccountWriter,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -296,7 +298,7 @@ async def logout_all(
 
 @router.get("/sessions", summary="My active sessions", responses=AUTH_ERRORS)
 async def list_sessions(
-    principal: CurrentPrincipal, session: ReadSessionDep, settings: SettingsDep
+    principal: AccountReader, session: ReadSessionDep, settings: SettingsDep
 ) -> Envelope[list[SessionPublic]]:
     """Sessions that can still refresh, most recently used first."""
     families = await auth.list_sessions(session, settings, principal)
@@ -325,7 +327,7 @@ SessionId = Annotated[str, Path(pattern="^[0-9a-f]{32}$")]
     },
 )
 async def revoke_session(
-    session_id: SessionId, principal: CurrentPrincipal, session: SessionDep
+    session_id: SessionId, principal: AccountWriter, session: SessionDep
 ) -> None:
     """Revoke a session of the caller's (e.g. a lost device)."""
     await auth.revoke_session(session, principal, session_id)
@@ -338,7 +340,7 @@ async def revoke_session(
     responses=AUTH_ERRORS,
 )
 async def request_email_verification(
-    principal: CurrentPrincipal, session: SessionDep, throttle: EmailThrottleDep
+    principal: AccountWriter, session: SessionDep, throttle: EmailThrottleDep
 ) -> Envelope[Accepted]:
     """Queue a verification email (not when already verified, nor past the limit)."""
     await email_actions.request_verification(session, throttle, principal)

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 
 from app.api.deps import (
+    AccountReader,
+    AccountWriter,
     ClientDep,
     CurrentPrincipal,
     HasherDep,
@@ -43,9 +45,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/me", summary="My account", responses=ERRORS)
-async def read_me(
-    principal: CurrentPrincipal, request: Request
-) -> Envelope[UserPublic]:
+async def read_me(principal: AccountReader, request: Request) -> Envelope[UserPublic]:
     """The caller's own account (no database query when the cache is warm)."""
     state = request.app.state
     profile = await users.profile(
@@ -56,7 +56,7 @@ async def read_me(
 
 @router.patch("/me", summary="Update my profile", responses=ERRORS)
 async def update_me(
-    payload: ProfileUpdate, principal: CurrentPrincipal, session: SessionDep
+    payload: ProfileUpdate, principal: AccountWriter, session: SessionDep
 ) -> Envelope[UserPublic]:
     """Change my profile; role and status fields are not accepted here (422)."""
     user = await users.update_profile(session, principal, payload)
@@ -75,7 +75,7 @@ async def update_me(
 )
 async def change_password(
     payload: PasswordChange,
-    principal: CurrentPrincipal,
+    principal: AccountWriter,
     session: SessionDep,
     hasher: HasherDep,
     guard: LoginGuardDep,
