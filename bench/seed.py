@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.core.config import Settings, get_settings
 from app.core.scopes import ROLE_SCOPES, Role, format_scope
 from app.core.security import PasswordHasher
+from app.core.text import canonical_identity
 from app.core.tokens import hash_refresh_token, new_refresh_token
 from app.database import create_engine
 from app.models import AuthSession, Item, RefreshToken, User
@@ -78,7 +79,9 @@ def _user_rows(plan: SeedPlan, hashed: str, rng: random.Random) -> list[dict[str
         rows.append(
             {
                 "email": f"{username}@bench.example.com",
+                "email_canonical": canonical_identity(f"{username}@bench.example.com"),
                 "username": username,
+                "username_canonical": canonical_identity(username),
                 "hashed_password": hashed,
                 "first_name": rng.choice(FIRST_NAMES),
                 "last_name": rng.choice(LAST_NAMES),

@@ -102,10 +102,15 @@ Username = Annotated[
     ),
     BeforeValidator(refuse_unsafe_characters),
 ]
+NAME_RULE = (
+    "One line of visible text: no control or format characters (Unicode Cc, "
+    "Cf) and no line or paragraph separators."
+)
 PersonName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
     BeforeValidator(refuse_unsafe_characters),
+    Field(description=NAME_RULE),
 ]
 Phone = Annotated[
     str,

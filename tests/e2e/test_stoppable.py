@@ -22,6 +22,11 @@ DEAF = (
 )
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sent", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
@@ -30,6 +35,9 @@ def test_a_signal_ends_a_command_that_ignores_it(sent: int, status: int) -> None
     wrapper = subprocess.Popen(
         [str(ROOT / "scripts" / "_stoppable"), sys.executable, "-c", DEAF],
         env={**os.environ, "STOP_GRACE_SECONDS": "2"},
+        # A shell started with SIGINT ignored (as a background job's children
+        # are) may not trap it: start the wrapper as a terminal would.
+        preexec_fn=_default_signals,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
