@@ -221,6 +221,12 @@ def migration_heads() -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
+def migration_revisions() -> frozenset[str]:
+    """Every revision the migration scripts know."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 def _current_revisions(connection: Connection) -> frozenset[str]:
     # No alembic_version table (an empty database) reads as no revision.
     return frozenset(MigrationContext.configure(connection).get_current_heads())
@@ -237,11 +243,22 @@ class SchemaCheck:
     database was found at it, it is not read again: a schema is not
     downgraded under a running service, and the readiness probe that asks
     stays one `SELECT 1`.
+
+    A database at a revision the scripts do not know is *ahead* of this code
+    (a rollback of the code after a migration, old pods during a rollout):
+    it counts as ready, since migrations are written to keep the previous
+    code working, and marking every old instance unready would turn a
+    rollout into an outage; `migrate` could not mend it anyway.
     """
 
-    def __init__(self, expected: frozenset[str] | None = None) -> None:
-        """Expect `expected` revisions (default: the scripts' heads)."""
+    def __init__(
+        self,
+        expected: frozenset[str] | None = None,
+        known: frozenset[str] | None = None,
+    ) -> None:
+        """Expect `expected` revisions (default: the scripts' heads) of `known` ones."""
         self.expected = migration_heads() if expected is None else expected
+        self.known = migration_revisions() if known is None else known | self.expected
         self._at_head = False
 
     async def problem(self, connection: AsyncConnection) -> str | None:
@@ -256,8 +273,8 @@ class SchemaCheck:
         if self._at_head:
             return None
         current = await connection.run_sync(_current_revisions)
-        if current == self.expected:
-            self._at_head = True
+        if current == self.expected or (current and not current <= self.known):
+            self._at_head = True  # at head, or ahead of this code
             return None
         return (
             f"schema at revision {_revisions(current)}, the migrations' head is "
