@@ -30,7 +30,8 @@ RunBatch = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
 class OutcomeUnknownError(Exception):
     """Raised by a batch that may have taken effect (raise it `from` the cause).
 
-    Its values are not run again; each caller gets the cause.
+    Its values are not run again; each caller gets this error (the cause
+    chained), so that nobody answers it as "try again": the work may be done.
     """
 
 
@@ -105,10 +106,8 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             raise
         except OutcomeUnknownError as unknown:
-            cause = unknown.__cause__
-            error = cause if isinstance(cause, Exception) else unknown
             for _, future in batch:
-                _fail(future, error)
+                _fail(future, unknown)
             return
         except Exception as error:  # handed to the callers below
             if len(batch) == 1:

@@ -16,7 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core import metrics
 from app.core.exceptions import error_response
 from app.core.logging import client_ip_var, request_id_var
-from app.core.unavailable import RETRY_AFTER_SECONDS, database_unavailable
+from app.core.unavailable import (
+    RETRY_AFTER_SECONDS,
+    database_unavailable,
+    outcome_unknown,
+)
 
 access_logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
@@ -217,6 +221,14 @@ def _failure_response(exc: Exception, path: str) -> Any:
     An outage is logged as one warning line per request, not a traceback:
     it is the database's state, not a bug here.
     """
+    if outcome_unknown(exc):
+        error_logger.exception("outcome unknown", extra={"path": path})
+        return error_response(
+            500,
+            "OUTCOME_UNKNOWN",
+            "The database failed while saving; the change may have been made. "
+            "Check before repeating it (or repeat it with the same Idempotency-Key)",
+        )
     if database_unavailable(exc):
         reason = str(exc).strip().partition("\n")[0]
         error_logger.warning(

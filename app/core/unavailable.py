@@ -27,6 +27,8 @@ from collections.abc import Iterator
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import exc as sa_exc
 
+from app.core.batcher import OutcomeUnknownError
+
 RETRY_AFTER_SECONDS = 5
 """`Retry-After` of a 503 for a database that is down or busy."""
 
@@ -60,6 +62,15 @@ def _sqlite_busy(error: BaseException) -> bool:
         return False
     name: str = getattr(error, "sqlite_errorname", "") or ""
     return name.startswith(_SQLITE_BUSY)
+
+
+def outcome_unknown(error: BaseException) -> bool:
+    """Whether `error` came from a write that may have committed (no retry advice).
+
+    A connection lost during a COMMIT looks like an outage, but a 503 with
+    `Retry-After` would invite a client to repeat a write that may be done.
+    """
+    return any(isinstance(cause, OutcomeUnknownError) for cause in _causes(error))
 
 
 def database_unavailable(error: BaseException) -> bool:

@@ -16,6 +16,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.batcher import OutcomeUnknownError
 from app.core.config import Settings
 from app.core.principal import Principal
 from app.main import create_app
@@ -323,13 +324,48 @@ class TestConcurrentCreates:
             return_exceptions=True,
         )
 
-        # Each caller hears of the error (the outcome is unknown to it)...
-        assert all(isinstance(result, OperationalError) for result in results)
+        # Each caller hears that the outcome is unknown, and why...
+        assert all(isinstance(result, OutcomeUnknownError) for result in results)
+        assert all(isinstance(r.__cause__, OperationalError) for r in results)
         # ...and nothing was created twice by running the batch's items again.
         async with engine.connect() as connection:
             titles = (await connection.execute(text("SELECT title FROM items"))).all()
         assert sorted(title for (title,) in titles) == ["a", "b", "c"]
         assert len(await audit_rows(engine, action="item.create")) == 3
+
+    async def test_a_connection_lost_during_the_commit_is_no_invitation_to_retry(
+        self,
+        client: AsyncClient,
+        engine: AsyncEngine,
+        token: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        real_commit = AsyncSession.commit
+        lost = OperationalError(
+            "COMMIT", {}, ConnectionResetError("reset"), connection_invalidated=True
+        )
+        failures = [lost]
+
+        async def commit_then_lose_the_connection(session: AsyncSession) -> None:
+            await real_commit(session)  # the row is in, the answer never came
+            if failures:
+                raise failures.pop()
+
+        monkeypatch.setattr(AsyncSession, "commit", commit_then_lose_the_connection)
+        response = await client.post(
+            ITEMS, json={"title": "maybe"}, headers=bearer(token)
+        )
+
+        # Not "503, retry later": a retry without an Idempotency-Key would
+        # create the item a second time.
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "OUTCOME_UNKNOWN"
+        assert "Retry-After" not in response.headers
+        async with engine.connect() as connection:
+            count = (
+                await connection.execute(text("SELECT count(*) FROM items"))
+            ).scalar()
+        assert count == 1
 
 
 class TestAttachments:

@@ -129,7 +129,9 @@ async def test_a_batch_that_may_have_taken_effect_is_never_run_again() -> None:
 
     # Run once: running each value again could do its work twice.
     assert batches == [[1, 2, 3]]
-    assert all(isinstance(result, ConnectionResetError) for result in results)
+    # Each caller hears that the outcome is unknown, with the cause chained.
+    assert all(isinstance(result, OutcomeUnknownError) for result in results)
+    assert all(isinstance(r.__cause__, ConnectionResetError) for r in results)
 
 
 async def test_when_every_call_fails_the_callers_wait_for_one_failure() -> None:
