@@ -297,7 +297,9 @@ async def logout(session: AsyncSession, principal: Principal) -> None:
         )
         await _audit_revocation(session, principal, principal.session_id, "logout")
         await session.commit()
-        await auth_cache.forget(session, session_ids=revoked)
+        # The token's own session even when this call revoked nothing: a
+        # repeated logout may come while the first one's deletion is pending.
+        await auth_cache.forget(session, session_ids={principal.session_id, *revoked})
 
 
 async def logout_everywhere(session: AsyncSession, principal: Principal) -> int:

@@ -189,6 +189,7 @@ async def confirm_password_reset(
     )
     await events.emit_user_event(session, event_types.USER_PASSWORD_CHANGED, user.id)
     await session.commit()
-    await auth_cache.forget(session, user_id=user.id, session_ids=revoked)
-    # Whoever holds the inbox now owns the account: lift any lockout.
+    # Whoever holds the inbox now owns the account: lift any lockout (before
+    # the cache wait, which a shutdown may cut short).
     await guard.reset(guard.account_key(user.id, user.email))
+    await auth_cache.forget(session, user_id=user.id, session_ids=revoked)

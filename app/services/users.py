@@ -244,6 +244,11 @@ async def update_user(
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     changed = _apply(user, changes)
     if not changed:
+        if privileged:
+            # A repeated role or status change: the first one's deletion may
+            # still be pending, and this answer must hold as much as its.
+            await session.commit()  # ends the row lock (writes nothing)
+            await auth_cache.forget(session, user_id=user.id)
         return user
     if {"role", "is_active"} & changed.keys():
         # Outstanding tokens carry the old role or belong to a disabled account.
@@ -313,7 +318,12 @@ async def delete_user(
         raise ConflictError("You cannot delete your own account this way")
     await _keep_an_admin(repository, user)
     if not hard and not user.is_active:
-        return  # already deactivated: nothing to change, audit or announce
+        # Already deactivated: nothing to change, audit or announce; but the
+        # first deactivation's deletion may be pending, and this 204 too must
+        # hold from now on.
+        await session.commit()  # ends the row lock (writes nothing)
+        await auth_cache.forget(session, user_id=user.id)
+        return
     before = audit.snapshot(user, audit.USER_AUDITED_FIELDS)
     # Revoked and forgotten (after the commit) in both cases: with a hard
     # delete their rows go with the user, and a cached "live" marker left
@@ -347,9 +357,11 @@ async def delete_user(
         )
         await _emit_status(session, user)
     await session.commit()
-    await auth_cache.forget(session, user_id=user_id, session_ids=ended)
-    for key in files:  # after the commit: a failed commit must not lose files
+    # After the commit (a failed commit must not lose files) and before the
+    # cache wait, which a shutdown may cut short.
+    for key in files:
         await storage.delete(key)
+    await auth_cache.forget(session, user_id=user_id, session_ids=ended)
 
 
 async def search_users(

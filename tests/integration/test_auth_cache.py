@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,27 +153,38 @@ def _free_port() -> int:
         return port
 
 
-def _redis_server(port: int, *extra: str) -> subprocess.Popen[bytes]:
+def _redis_server(port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:
     assert REDIS_SERVER is not None
     return subprocess.Popen(
         [
             REDIS_SERVER,
             *("--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", *extra),
+            *("--save", "", "--appendonly", "no", "--dir", str(directory), *extra),
         ],
         stdout=subprocess.DEVNULL,
     )
 
 
 @pytest.fixture
-async def primary_and_replica() -> AsyncIterator[tuple[Redis, Redis, Any]]:
+async def primary_and_replica(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Redis, Redis, Any]]:
     """A private Redis with one replica; the replica's process can be paused."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server not installed")
     primary_port, replica_port = _free_port(), _free_port()
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
     processes = [
-        _redis_server(primary_port),
-        _redis_server(replica_port, "--replicaof", "127.0.0.1", str(primary_port)),
+        # Their own folders: a replica's sync writes an RDB file there.
+        _redis_server(primary_port, tmp_path / "primary"),
+        _redis_server(
+            replica_port,
+            tmp_path / "replica",
+            "--replicaof",
+            "127.0.0.1",
+            str(primary_port),
+        ),
     ]
     primary = Redis(port=primary_port, decode_responses=True, socket_timeout=2)
     replica = Redis(port=replica_port, decode_responses=True, socket_timeout=2)

@@ -224,3 +224,73 @@ async def test_a_logout_that_redis_never_confirms_answers_after_the_cache_ttl(
         # Unconfirmed: it waited until every entry from before it had expired.
         assert took >= CACHE_TTL
         assert await _refused_everywhere((b, a), ctx["alice"]) == [401] * 4
+
+
+@pytest.fixture
+async def partitioned(
+    database_url: str, proxy: TcpProxy, tmp_path: Any
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Process A reaches Redis through the proxy (to be cut off), B directly."""
+    redis_url = urlparse(str(TEST_REDIS_URL))
+    db_index = redis_url.path.lstrip("/") or "0"
+    common: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "REDIS_KEY_PREFIX": f"test:{secrets.token_hex(5)}:",
+        "AUTH_CACHE_TTL_SECONDS": CACHE_TTL,
+        "REDIS_SOCKET_TIMEOUT_SECONDS": SOCKET_TIMEOUT,
+        "STORAGE_DIR": str(tmp_path),
+        "MAIL_DIR": str(tmp_path / "mail"),
+    }
+    a_app = create_app(
+        make_settings(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{db_index}", **common)
+    )
+    b_app = create_app(make_settings(REDIS_URL=str(TEST_REDIS_URL), **common))
+    await truncate_all(a_app.state.database.engine)
+    yield a_app, b_app
+    for app in (a_app, b_app):
+        await app.state.redis.aclose()
+        await app.state.database.dispose()
+
+
+async def repeat_logout(
+    client: httpx.AsyncClient, ctx: dict[str, Any], alice: User
+) -> int:
+    return await logout(client, ctx, alice)
+
+
+async def repeat_deactivation(
+    client: httpx.AsyncClient, ctx: dict[str, Any], alice: User
+) -> int:
+    return await deactivation(client, ctx, alice)
+
+
+async def repeat_role_change(
+    client: httpx.AsyncClient, ctx: dict[str, Any], alice: User
+) -> int:
+    return await role_change(client, ctx, alice)
+
+
+@pytest.mark.parametrize(
+    "revoke",
+    [repeat_logout, repeat_deactivation, repeat_role_change],
+    ids=lambda r: r.__name__,
+)
+async def test_a_repeated_revocation_holds_while_the_first_ones_deletion_is_pending(
+    partitioned: tuple[Any, Any], proxy: TcpProxy, revoke: Revocation
+) -> None:
+    # A double-clicked logout, a retry after a timeout, two admins at once:
+    # the repeat changes no row, yet its 2xx must hold as much as the first.
+    a_app, b_app = partitioned
+    async with http(a_app) as a, http(b_app) as b:
+        alice, ctx = await _setup(a_app, a, b)
+
+        proxy.stall()  # A cannot reach Redis: its deletion is pending
+        first = asyncio.create_task(revoke(a, ctx, alice))
+        await asyncio.sleep(4 * SOCKET_TIMEOUT)  # A has committed by now
+        second = await revoke(b, ctx, alice)
+        after = (await b.get(ME, headers=ctx["alice"])).status_code
+        proxy.resume()
+
+        assert 200 <= second < 300
+        assert after == 401
+        assert 200 <= await first < 300
