@@ -153,7 +153,8 @@ class OutboxRelay:
 
         Events still in the stream (waiting for a worker, or pending through a
         mail outage) are checked again `redeliver_after` later: nothing is
-        duplicated because a worker is slow. Returns how many were lost.
+        duplicated because a worker is slow. Returns how many were lost (and
+        not already made due again by another relay).
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
@@ -166,17 +167,23 @@ class OutboxRelay:
             if not due:
                 return 0
             held = await self.publisher.held([entry for _, entry in due if entry])
-            lost = [row_id for row_id, entry in due if entry not in held]
-            kept = [row_id for row_id, entry in due if entry in held]
-            await outbox.unpublish(session, lost)
-            await outbox.check_later(session, kept, now + self.redeliver_after)
+            # Another relay may check the same rows: each update applies only
+            # to a row still holding the entry checked here.
+            lost = await outbox.unpublish(
+                session, [checked for checked in due if checked[1] not in held]
+            )
+            await outbox.check_later(
+                session,
+                [checked for checked in due if checked[1] in held],
+                now + self.redeliver_after,
+            )
             await session.commit()
         if lost:
             logger.warning(
                 "events_lost_in_transport",
-                extra={"event": "events_lost_in_transport", "count": len(lost)},
+                extra={"event": "events_lost_in_transport", "count": lost},
             )
-        return len(lost)
+        return lost
 
     async def upkeep(self) -> None:
         """On Redis: publish lost events again, trim what every group acknowledged.

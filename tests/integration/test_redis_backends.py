@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +17,14 @@ from sqlalchemy import text
 
 from app.core.attempts import ATTEMPT_LEASE_SECONDS, RedisLoginAttemptStore, Verdict
 from app.core.email import EmailUnavailableError
-from app.core.events import Event
+from app.core.events import Event, RedisStreamPublisher
 from app.main import create_app
 from app.models.base import utcnow
 from app.services import events
 from app.services.eventing import consumer_settings
 from app.services.handlers import Handler
 from app.services.login_guard import LoginGuard
+from app.services.relay import OutboxRelay
 from app.services.worker import StreamConsumer
 from tests.conftest import (
     DEFAULT_PASSWORD,
@@ -604,6 +605,88 @@ class TestDeliveryEndToEnd:
         assert await app.state.events.relay.publish_pending() == 1
         [row] = await outbox_rows(app)
         assert row["done_at"] is not None  # no worker write needed for it
+
+
+class CheckingMeanwhile(RedisStreamPublisher):
+    """A relay's publisher that lets another relay act while it checks the stream.
+
+    The first relay reads the due rows, then asks Redis; `meanwhile` runs
+    between the answer and the first relay's update, as a second relay in
+    another process may.
+    """
+
+    def __init__(self, publisher: Any, meanwhile: Callable[[], Any]) -> None:
+        super().__init__(publisher.redis, publisher.stream)
+        self.meanwhile = meanwhile
+
+    async def held(self, entry_ids: Sequence[str]) -> set[str]:
+        found = await super().held(entry_ids)
+        await self.meanwhile()
+        return found
+
+
+def second_relay(app: Any, meanwhile: Callable[[], Any]) -> OutboxRelay:
+    first = app.state.events.relay
+    return OutboxRelay(
+        first.sessionmaker,
+        CheckingMeanwhile(first.publisher, meanwhile),
+        handled=first.handled,
+        redeliver_after=first.redeliver_after,
+    )
+
+
+class TestRelaysCheckingTogether:
+    """Relays check the same rows; each updates only a row still as it saw it."""
+
+    async def test_two_relays_recovering_one_lost_event_send_one_email(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        first = app.state.events.relay
+        await make_user(app, "racer")
+        assert await first.publish_pending() == 1
+        stream = consumer(app).settings.stream
+        await app.state.redis.delete(stream)  # Redis lost the entry
+        when = after_the_check(app)
+
+        async def first_recovers() -> None:
+            assert await first.recover_lost(when) == 1
+            assert await first.publish_pending() == 1  # a new entry
+
+        second = second_relay(app, first_recovers)
+        # The second relay saw the old entry missing, but the row has moved on.
+        assert await second.recover_lost(when) == 0
+        assert await first.publish_pending() == 0
+        assert await app.state.redis.xlen(stream) == 1
+
+        workers = consumer(app, "c1"), consumer(app, "c2")
+        await workers[0].ensure_group()
+        await asyncio.gather(*(worker.process_once() for worker in workers))
+        assert [m["To"] for m in sink.messages] == ["racer@example.com"]
+
+    async def test_an_event_lost_while_another_relay_checked_goes_out_at_once(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        first = app.state.events.relay
+        await make_user(app, "late")
+        assert await first.publish_pending() == 1
+        worker = consumer(app)
+        when = after_the_check(app)
+
+        async def lost_and_recovered() -> None:
+            # The second relay found the entry; then Redis lost it and the
+            # first relay made the event due again.
+            await app.state.redis.delete(worker.settings.stream)
+            assert await first.recover_lost(when) == 1
+
+        second = second_relay(app, lost_and_recovered)
+        assert await second.recover_lost(when) == 0
+        # Not postponed by the second relay's stale "still there".
+        assert await first.publish_pending() == 1
+        await worker.ensure_group()
+        assert await worker.process_once() == 1
+        assert [m["To"] for m in sink.messages] == ["late@example.com"]
 
 
 class TestTrim:
