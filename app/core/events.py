@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -106,7 +107,7 @@ class RedisStreamPublisher:
         Raises:
             PublishUnavailableError: Redis cannot be reached.
         """
-        async with _unavailable_as_error():
+        async with _unavailable_as_error(any_redis_error=True):
             entry_id = await self.redis.xadd(
                 self.stream,
                 event.to_fields(),  # type: ignore[arg-type]
@@ -118,6 +119,7 @@ class RedisStreamPublisher:
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
+            redis.exceptions.RedisError: Redis refused (e.g. an ACL).
         """
         async with _unavailable_as_error():
             pipe = self.redis.pipeline(transaction=False)
@@ -140,6 +142,8 @@ class RedisStreamPublisher:
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
+            redis.exceptions.RedisError: Redis refused (e.g. an ACL without
+                XINFO, or no XTRIM MINID before Redis 6.2).
         """
         async with _unavailable_as_error():
             floors = [await self._group_floor(group) for group in await self._groups()]
@@ -169,15 +173,34 @@ class RedisStreamPublisher:
         return floor
 
 
+# Redis cannot be reached (down, restarting, loading, timing out).
+_UNREACHABLE = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+)
+
+
 @asynccontextmanager
-async def _unavailable_as_error() -> AsyncIterator[None]:
+async def _unavailable_as_error(
+    *, any_redis_error: bool = False
+) -> AsyncIterator[None]:
+    """Raise PublishUnavailableError when Redis cannot be reached.
+
+    With `any_redis_error`, every Redis error counts as unavailable too: an
+    XADD refused (a full Redis's OOM, a replica's READONLY) is never the
+    event's fault, so it waits without using up attempts. Elsewhere (the
+    upkeep) such errors stay what they are, for the relay to log.
+    """
     try:
         yield
-    except (ConnectionError, OSError, TimeoutError) as exc:
+    except _UNREACHABLE as exc:
         raise PublishUnavailableError(str(exc)) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("redis"):
-            raise PublishUnavailableError(str(exc)) from exc
+    except redis_errors.RedisError as exc:
+        if any_redis_error:
+            raise PublishUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         raise
 
 

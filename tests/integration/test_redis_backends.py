@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -687,6 +688,88 @@ class TestRelaysCheckingTogether:
         await worker.ensure_group()
         assert await worker.process_once() == 1
         assert [m["To"] for m in sink.messages] == ["late@example.com"]
+
+
+@pytest.fixture
+async def restricted_redis_url(prefix: str) -> AsyncIterator[Callable[[str], Any]]:
+    """URLs of Redis users denied a command (a managed Redis's ACL, say)."""
+    redis = Redis.from_url(str(TEST_REDIS_URL))
+    names: list[str] = []
+
+    async def denied(command: str) -> str:
+        name = f"test-{uuid.uuid4().hex[:10]}"  # no ":" (it would end the name)
+        names.append(name)
+        await redis.acl_setuser(
+            name,
+            enabled=True,
+            passwords=["+secret"],
+            keys=[f"{prefix}*"],
+            commands=["+@all", f"-{command}"],
+        )
+        return str(TEST_REDIS_URL).replace("redis://", f"redis://{name}:secret@", 1)
+
+    try:
+        yield denied
+    finally:
+        for name in names:
+            await redis.acl_deluser(name)
+        await redis.aclose()
+
+
+async def test_an_upkeep_redis_refuses_is_logged_once_a_minute(
+    make_app: AppFactory,
+    restricted_redis_url: Callable[[str], Any],
+    sink: MailSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(
+        REDIS_URL=await restricted_redis_url("xinfo"),
+        EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT,
+    )
+    relay = app.state.events.relay
+    worker = consumer(app)
+    await worker.ensure_group()
+    await make_user(app, "kept")
+    assert await relay.publish_pending() == 1
+    await app.state.redis.delete(worker.settings.stream)  # lost
+
+    # create_app set the root logger's handlers: listen on the relay's logger.
+    relay_logger = logging.getLogger("app.events")
+    relay_logger.addHandler(caplog.handler)
+    try:
+        await relay.upkeep()  # trimming needs XINFO: refused
+        await relay.upkeep()
+    finally:
+        relay_logger.removeHandler(caplog.handler)
+    failures = [r for r in caplog.records if r.getMessage() == "event_upkeep_failed"]
+    assert [(r.step, r.error) for r in failures] == [("trim", "NoPermissionError")]  # type: ignore[attr-defined]
+    assert "xinfo" in failures[0].detail.lower()  # type: ignore[attr-defined]
+
+    # What Redis allows still runs: the lost event goes out again.
+    assert await relay.recover_lost(after_the_check(app)) == 1
+    assert await relay.publish_pending() == 1
+    await worker.ensure_group()
+    assert await worker.process_once() == 1
+    assert [m["To"] for m in sink.messages] == ["kept@example.com"]
+
+
+async def test_an_event_redis_refuses_to_take_waits_without_using_attempts(
+    make_app: AppFactory, restricted_redis_url: Callable[[str], Any]
+) -> None:
+    # An XADD refused (here an ACL; a full Redis's OOM alike) is not the
+    # event's fault: it waits in the outbox, however long, never given up.
+    app = make_app(REDIS_URL=await restricted_redis_url("xadd"))
+    await make_user(app, "waiting")
+    for _ in range(3):  # more than EVENT_MAX_DELIVERIES
+        async with app.state.database.engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE outbox_events SET next_attempt_at = NULL")
+            )
+        assert await app.state.events.relay.publish_pending() == 0
+
+    [row] = await outbox_rows(app)
+    assert (row["attempts"], row["published_at"]) == (0, None)
+    assert "NoPermissionError" in row["last_error"]
 
 
 class TestTrim:
