@@ -90,16 +90,18 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 class RedisStreamPublisher:
     """Appends events to a Redis Stream read by `python -m app worker`.
 
-    The stream is never trimmed by length: an entry goes only once every
-    consumer group has acknowledged it (`trim`), so a slow worker loses
-    nothing. What Redis loses anyway (a restart without persistence, a
-    failover, eviction) the relay finds with `held` and publishes again.
+    An entry goes once every consumer group has acknowledged it (`trim`), so
+    a slow worker loses nothing. Only past `max_length` entries (a group no
+    one reads any more holds them all) do the oldest go regardless. What
+    Redis loses or cuts (a restart without persistence, a failover,
+    eviction, the cap) the relay finds with `held` and publishes again.
     """
 
-    def __init__(self, redis: Redis, stream: str) -> None:
-        """Publish to `stream`."""
+    def __init__(self, redis: Redis, stream: str, *, max_length: int) -> None:
+        """Publish to `stream`, keeping about `max_length` entries at most."""
         self.redis = redis
         self.stream = stream
+        self.max_length = max_length
 
     async def publish(self, event: Event) -> str:
         """XADD the event; its entry id.
@@ -111,6 +113,9 @@ class RedisStreamPublisher:
             entry_id = await self.redis.xadd(
                 self.stream,
                 event.to_fields(),  # type: ignore[arg-type]
+                # `~`: whole nodes only, nearly free; may keep a little more.
+                maxlen=self.max_length,
+                approximate=True,
             )
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 

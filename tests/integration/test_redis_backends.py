@@ -617,7 +617,9 @@ class CheckingMeanwhile(RedisStreamPublisher):
     """
 
     def __init__(self, publisher: Any, meanwhile: Callable[[], Any]) -> None:
-        super().__init__(publisher.redis, publisher.stream)
+        super().__init__(
+            publisher.redis, publisher.stream, max_length=publisher.max_length
+        )
         self.meanwhile = meanwhile
 
     async def held(self, entry_ids: Sequence[str]) -> set[str]:
@@ -831,3 +833,24 @@ class TestTrim:
 
         stream = consumer(app).settings.stream
         assert await app.state.redis.xlen(stream) == 250
+
+    async def test_a_group_no_one_reads_cannot_grow_the_stream_past_the_cap(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app(OUTBOX_BATCH_SIZE=500, EVENT_STREAM_MAX_LENGTH=100)
+        worker = consumer(app)
+        await worker.ensure_group()
+        stream = worker.settings.stream
+        # A group a retired service left behind: it pins trimming for good.
+        await app.state.redis.xgroup_create(stream, "retired", id="0")
+        await self.publish(app, 350)
+        for _ in range(350):
+            await worker.process_once()
+
+        await app.state.events.relay.upkeep()
+
+        # About the cap (whole 100-entry nodes go), not all 350; the newest stay.
+        left = await app.state.redis.xrange(stream)
+        assert 100 <= len(left) < 200
+        items = {int(fields["aggregate_id"]) for _, fields in left}
+        assert set(range(250, 350)) <= items
