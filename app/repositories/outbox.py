@@ -34,7 +34,13 @@ async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _deliverable(max_attempts: int) -> ColumnElement[bool]:
-    return and_(OutboxEvent.published_at.is_(None), OutboxEvent.attempts < max_attempts)
+    # `done_at`: a worker may have handled an event whose publication the relay
+    # failed to record (its commit after XADD failed): that one needs nothing.
+    return and_(
+        OutboxEvent.published_at.is_(None),
+        OutboxEvent.done_at.is_(None),
+        OutboxEvent.attempts < max_attempts,
+    )
 
 
 async def claim_batch(
@@ -60,6 +66,7 @@ async def claim_batch(
         earlier.aggregate_type == OutboxEvent.aggregate_type,
         earlier.aggregate_id == OutboxEvent.aggregate_id,
         earlier.published_at.is_(None),
+        earlier.done_at.is_(None),
         earlier.attempts < max_attempts,
         earlier.id < OutboxEvent.id,
     )

@@ -558,6 +558,39 @@ class TestDeliveryEndToEnd:
         [row] = await outbox_rows(app)
         assert row["done_at"] is not None
 
+    async def test_an_event_done_whose_publication_was_not_recorded_stays_done(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        relay = app.state.events.relay
+        user = await make_user(app, "recorded")
+        worker = consumer(app)
+        await worker.ensure_group()
+        assert await relay.publish_pending() == 1
+        assert await worker.process_once() == 1  # handled: the row is done
+        # ...but the relay's commit after XADD failed (or, on PostgreSQL, the
+        # worker's update waited for the relay's rollback): not published.
+        async with app.state.database.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE outbox_events SET published_at = NULL,"
+                    " stream_id = NULL, next_attempt_at = NULL"
+                )
+            )
+        async with app.state.database.sessionmaker() as session:
+            await events.emit_user_event(session, "user.deactivated", user.id)
+            await session.commit()
+
+        # Only the later event of the same user goes out; the done one stays.
+        assert await relay.publish_pending() == 1
+        assert await relay.publish_pending() == 0
+        entries = await app.state.redis.xrange(worker.settings.stream)
+        assert [f["event_type"] for _, f in entries] == [
+            "user.created",
+            "user.deactivated",
+        ]
+        assert len(sink.messages) == 1
+
     async def test_an_event_is_done_only_once_every_handler_has_handled_it(
         self, make_app: AppFactory
     ) -> None:
