@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # Redis lost it (restart without persistence, failover, eviction), it is
     # published again.
     EVENT_REDELIVER_CHECK_SECONDS: float = Field(default=60.0, gt=0)
+    # With Redis: a safety cap on the stream's length (XADD MAXLEN ~). Trimming
+    # follows the consumer groups, so a stale group would let the stream grow
+    # until Redis refuses writes (limits, lockouts, cache too); past the cap the
+    # oldest entries go, and those not yet handled are published again.
+    EVENT_STREAM_MAX_LENGTH: int = Field(default=1_000_000, ge=100)
     OUTBOX_POLL_SECONDS: float = Field(default=0.5, gt=0)
     OUTBOX_BATCH_SIZE: int = Field(default=100, ge=1)
     OUTBOX_RELAY_ENABLED: bool = True

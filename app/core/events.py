@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -89,16 +90,18 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 class RedisStreamPublisher:
     """Appends events to a Redis Stream read by `python -m app worker`.
 
-    The stream is never trimmed by length: an entry goes only once every
-    consumer group has acknowledged it (`trim`), so a slow worker loses
-    nothing. What Redis loses anyway (a restart without persistence, a
-    failover, eviction) the relay finds with `held` and publishes again.
+    An entry goes once every consumer group has acknowledged it (`trim`), so
+    a slow worker loses nothing. Only past `max_length` entries (a group no
+    one reads any more holds them all) do the oldest go regardless. What
+    Redis loses or cuts (a restart without persistence, a failover,
+    eviction, the cap) the relay finds with `held` and publishes again.
     """
 
-    def __init__(self, redis: Redis, stream: str) -> None:
-        """Publish to `stream`."""
+    def __init__(self, redis: Redis, stream: str, *, max_length: int) -> None:
+        """Publish to `stream`, keeping about `max_length` entries at most."""
         self.redis = redis
         self.stream = stream
+        self.max_length = max_length
 
     async def publish(self, event: Event) -> str:
         """XADD the event; its entry id.
@@ -106,10 +109,13 @@ class RedisStreamPublisher:
         Raises:
             PublishUnavailableError: Redis cannot be reached.
         """
-        async with _unavailable_as_error():
+        async with _unavailable_as_error(any_redis_error=True):
             entry_id = await self.redis.xadd(
                 self.stream,
                 event.to_fields(),  # type: ignore[arg-type]
+                # `~`: whole nodes only, nearly free; may keep a little more.
+                maxlen=self.max_length,
+                approximate=True,
             )
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
@@ -118,6 +124,7 @@ class RedisStreamPublisher:
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
+            redis.exceptions.RedisError: Redis refused (e.g. an ACL).
         """
         async with _unavailable_as_error():
             pipe = self.redis.pipeline(transaction=False)
@@ -140,6 +147,8 @@ class RedisStreamPublisher:
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
+            redis.exceptions.RedisError: Redis refused (e.g. an ACL without
+                XINFO, or no XTRIM MINID before Redis 6.2).
         """
         async with _unavailable_as_error():
             floors = [await self._group_floor(group) for group in await self._groups()]
@@ -169,15 +178,34 @@ class RedisStreamPublisher:
         return floor
 
 
+# Redis cannot be reached (down, restarting, loading, timing out).
+_UNREACHABLE = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+)
+
+
 @asynccontextmanager
-async def _unavailable_as_error() -> AsyncIterator[None]:
+async def _unavailable_as_error(
+    *, any_redis_error: bool = False
+) -> AsyncIterator[None]:
+    """Raise PublishUnavailableError when Redis cannot be reached.
+
+    With `any_redis_error`, every Redis error counts as unavailable too: an
+    XADD refused (a full Redis's OOM, a replica's READONLY) is never the
+    event's fault, so it waits without using up attempts. Elsewhere (the
+    upkeep) such errors stay what they are, for the relay to log.
+    """
     try:
         yield
-    except (ConnectionError, OSError, TimeoutError) as exc:
+    except _UNREACHABLE as exc:
         raise PublishUnavailableError(str(exc)) from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith("redis"):
-            raise PublishUnavailableError(str(exc)) from exc
+    except redis_errors.RedisError as exc:
+        if any_redis_error:
+            raise PublishUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         raise
 
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    CursorResult,
     Table,
     and_,
     exists,
@@ -33,7 +34,13 @@ async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _deliverable(max_attempts: int) -> ColumnElement[bool]:
-    return and_(OutboxEvent.published_at.is_(None), OutboxEvent.attempts < max_attempts)
+    # `done_at`: a worker may have handled an event whose publication the relay
+    # failed to record (its commit after XADD failed): that one needs nothing.
+    return and_(
+        OutboxEvent.published_at.is_(None),
+        OutboxEvent.done_at.is_(None),
+        OutboxEvent.attempts < max_attempts,
+    )
 
 
 async def claim_batch(
@@ -59,6 +66,7 @@ async def claim_batch(
         earlier.aggregate_type == OutboxEvent.aggregate_type,
         earlier.aggregate_id == OutboxEvent.aggregate_id,
         earlier.published_at.is_(None),
+        earlier.done_at.is_(None),
         earlier.attempts < max_attempts,
         earlier.id < OutboxEvent.id,
     )
@@ -158,28 +166,56 @@ async def due_for_check(
     return [(row.id, row.stream_id) for row in await session.execute(statement)]
 
 
-async def unpublish(session: AsyncSession, row_ids: Sequence[int]) -> None:
+def _as_checked(checked: Sequence[tuple[int, str | None]]) -> ColumnElement[bool]:
+    """Rows still published with the entry a relay checked, not done meanwhile.
+
+    Another relay may have republished a row (a new entry) since this one read
+    it: acting on the old entry then would publish the event once more.
+    """
+    return and_(
+        or_(
+            *(
+                and_(OutboxEvent.id == row_id, OutboxEvent.stream_id == entry_id)
+                for row_id, entry_id in checked
+            )
+        ),
+        OutboxEvent.published_at.is_not(None),
+        OutboxEvent.done_at.is_(None),
+    )
+
+
+async def unpublish(
+    session: AsyncSession, checked: Sequence[tuple[int, str | None]]
+) -> int:
     """Make published events due again (their stream entries were lost).
 
-    Events done meanwhile (the worker finished as the entry went) stay done.
+    Only rows still as `due_for_check` returned them (row id, stream entry id)
+    change: events done meanwhile stay done, and one another relay has
+    already published again keeps its new entry. Returns how many changed.
     """
-    if row_ids:
-        await session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(row_ids), OutboxEvent.done_at.is_(None))
-            .values(published_at=None, stream_id=None, next_attempt_at=None)
-            .execution_options(synchronize_session=False)
-        )
+    if not checked:
+        return 0
+    result = await session.execute(
+        update(OutboxEvent)
+        .where(_as_checked(checked))
+        .values(published_at=None, stream_id=None, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return cast("CursorResult[tuple[()]]", result).rowcount
 
 
 async def check_later(
-    session: AsyncSession, row_ids: Sequence[int], when: datetime
+    session: AsyncSession, checked: Sequence[tuple[int, str | None]], when: datetime
 ) -> None:
-    """Move the next check of published events (still in the stream) to `when`."""
-    if row_ids:
+    """Move the next check of published events (still in the stream) to `when`.
+
+    As in `unpublish`, only rows still holding the entry that was found change:
+    an event another relay has made due again is not held back.
+    """
+    if checked:
         await session.execute(
             update(OutboxEvent)
-            .where(OutboxEvent.id.in_(row_ids), OutboxEvent.done_at.is_(None))
+            .where(_as_checked(checked))
             .values(next_attempt_at=when)
             .execution_options(synchronize_session=False)
         )

@@ -88,7 +88,9 @@ def build_event_runtime(
     )
     publisher: EventPublisher
     if redis is not None:
-        publisher = RedisStreamPublisher(redis, stream_key(settings))
+        publisher = RedisStreamPublisher(
+            redis, stream_key(settings), max_length=settings.EVENT_STREAM_MAX_LENGTH
+        )
     else:
         publisher = InProcessPublisher(dispatcher.dispatch)
     relay = OutboxRelay(

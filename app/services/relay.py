@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,6 +42,8 @@ idle relay waits `OUTBOX_POLL_SECONDS` anyway.
 """
 UPKEEP_SECONDS = 1.0
 """How often a relay on Redis looks for lost entries and trims the stream."""
+UPKEEP_FAILURE_LOG_SECONDS = 60.0
+"""At most one log line per this long for an upkeep step that keeps failing."""
 
 
 class OutboxRelay:
@@ -77,6 +80,8 @@ class OutboxRelay:
         self.retry_base_seconds = retry_base_seconds
         self.handled = handled
         self.redeliver_after = redeliver_after
+        self._upkeep_failure_logged_at = -math.inf
+        self._upkeep_failures = 0
 
     async def publish_pending(self) -> int:
         """One pass: claim a batch, publish it, mark what went out. Returns count."""
@@ -153,7 +158,8 @@ class OutboxRelay:
 
         Events still in the stream (waiting for a worker, or pending through a
         mail outage) are checked again `redeliver_after` later: nothing is
-        duplicated because a worker is slow. Returns how many were lost.
+        duplicated because a worker is slow. Returns how many were lost (and
+        not already made due again by another relay).
 
         Raises:
             PublishUnavailableError: Redis cannot be reached.
@@ -166,27 +172,66 @@ class OutboxRelay:
             if not due:
                 return 0
             held = await self.publisher.held([entry for _, entry in due if entry])
-            lost = [row_id for row_id, entry in due if entry not in held]
-            kept = [row_id for row_id, entry in due if entry in held]
-            await outbox.unpublish(session, lost)
-            await outbox.check_later(session, kept, now + self.redeliver_after)
+            # Another relay may check the same rows: each update applies only
+            # to a row still holding the entry checked here.
+            lost = await outbox.unpublish(
+                session, [checked for checked in due if checked[1] not in held]
+            )
+            await outbox.check_later(
+                session,
+                [checked for checked in due if checked[1] in held],
+                now + self.redeliver_after,
+            )
             await session.commit()
         if lost:
             logger.warning(
                 "events_lost_in_transport",
-                extra={"event": "events_lost_in_transport", "count": len(lost)},
+                extra={"event": "events_lost_in_transport", "count": lost},
             )
-        return len(lost)
+        return lost
 
     async def upkeep(self) -> None:
         """On Redis: publish lost events again, trim what every group acknowledged.
 
+        A step that fails otherwise than by Redis being unreachable (an ACL
+        refusing a command, a Redis too old for `XTRIM MINID`, a database
+        error) is logged, at most once a minute, and the next step still runs.
+
         Raises:
             PublishUnavailableError: Redis cannot be reached.
         """
-        if isinstance(self.publisher, RedisStreamPublisher):
-            await self.recover_lost()
-            await self.publisher.trim()
+        if not isinstance(self.publisher, RedisStreamPublisher):
+            return
+        steps: dict[str, Callable[[], Awaitable[object]]] = {
+            "recover_lost": self.recover_lost,
+            "trim": self.publisher.trim,
+        }
+        for step, run in steps.items():
+            try:
+                await run()
+            except DependencyUnavailableError:
+                raise
+            except Exception as exc:
+                self._upkeep_failed(step, exc)
+
+    def _upkeep_failed(self, step: str, error: Exception) -> None:
+        # It fails every second until an operator acts: say so once a minute.
+        now = time.monotonic()
+        self._upkeep_failures += 1
+        if now - self._upkeep_failure_logged_at < UPKEEP_FAILURE_LOG_SECONDS:
+            return
+        logger.warning(
+            "event_upkeep_failed",
+            extra={
+                "event": "event_upkeep_failed",
+                "step": step,
+                "error": type(error).__name__,
+                "detail": str(error)[:500],
+                "failures": self._upkeep_failures,  # since the last report
+            },
+        )
+        self._upkeep_failure_logged_at = now
+        self._upkeep_failures = 0
 
     async def _pass(self, upkeep_due: bool) -> int:
         sent = await self.publish_pending()

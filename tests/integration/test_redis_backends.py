@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +18,14 @@ from sqlalchemy import text
 
 from app.core.attempts import ATTEMPT_LEASE_SECONDS, RedisLoginAttemptStore, Verdict
 from app.core.email import EmailUnavailableError
-from app.core.events import Event
+from app.core.events import Event, RedisStreamPublisher
 from app.main import create_app
 from app.models.base import utcnow
 from app.services import events
 from app.services.eventing import consumer_settings
 from app.services.handlers import Handler
 from app.services.login_guard import LoginGuard
+from app.services.relay import OutboxRelay
 from app.services.worker import StreamConsumer
 from tests.conftest import (
     DEFAULT_PASSWORD,
@@ -556,6 +558,39 @@ class TestDeliveryEndToEnd:
         [row] = await outbox_rows(app)
         assert row["done_at"] is not None
 
+    async def test_an_event_done_whose_publication_was_not_recorded_stays_done(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        relay = app.state.events.relay
+        user = await make_user(app, "recorded")
+        worker = consumer(app)
+        await worker.ensure_group()
+        assert await relay.publish_pending() == 1
+        assert await worker.process_once() == 1  # handled: the row is done
+        # ...but the relay's commit after XADD failed (or, on PostgreSQL, the
+        # worker's update waited for the relay's rollback): not published.
+        async with app.state.database.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE outbox_events SET published_at = NULL,"
+                    " stream_id = NULL, next_attempt_at = NULL"
+                )
+            )
+        async with app.state.database.sessionmaker() as session:
+            await events.emit_user_event(session, "user.deactivated", user.id)
+            await session.commit()
+
+        # Only the later event of the same user goes out; the done one stays.
+        assert await relay.publish_pending() == 1
+        assert await relay.publish_pending() == 0
+        entries = await app.state.redis.xrange(worker.settings.stream)
+        assert [f["event_type"] for _, f in entries] == [
+            "user.created",
+            "user.deactivated",
+        ]
+        assert len(sink.messages) == 1
+
     async def test_an_event_is_done_only_once_every_handler_has_handled_it(
         self, make_app: AppFactory
     ) -> None:
@@ -604,6 +639,172 @@ class TestDeliveryEndToEnd:
         assert await app.state.events.relay.publish_pending() == 1
         [row] = await outbox_rows(app)
         assert row["done_at"] is not None  # no worker write needed for it
+
+
+class CheckingMeanwhile(RedisStreamPublisher):
+    """A relay's publisher that lets another relay act while it checks the stream.
+
+    The first relay reads the due rows, then asks Redis; `meanwhile` runs
+    between the answer and the first relay's update, as a second relay in
+    another process may.
+    """
+
+    def __init__(self, publisher: Any, meanwhile: Callable[[], Any]) -> None:
+        super().__init__(
+            publisher.redis, publisher.stream, max_length=publisher.max_length
+        )
+        self.meanwhile = meanwhile
+
+    async def held(self, entry_ids: Sequence[str]) -> set[str]:
+        found = await super().held(entry_ids)
+        await self.meanwhile()
+        return found
+
+
+def second_relay(app: Any, meanwhile: Callable[[], Any]) -> OutboxRelay:
+    first = app.state.events.relay
+    return OutboxRelay(
+        first.sessionmaker,
+        CheckingMeanwhile(first.publisher, meanwhile),
+        handled=first.handled,
+        redeliver_after=first.redeliver_after,
+    )
+
+
+class TestRelaysCheckingTogether:
+    """Relays check the same rows; each updates only a row still as it saw it."""
+
+    async def test_two_relays_recovering_one_lost_event_send_one_email(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        first = app.state.events.relay
+        await make_user(app, "racer")
+        assert await first.publish_pending() == 1
+        stream = consumer(app).settings.stream
+        await app.state.redis.delete(stream)  # Redis lost the entry
+        when = after_the_check(app)
+
+        async def first_recovers() -> None:
+            assert await first.recover_lost(when) == 1
+            assert await first.publish_pending() == 1  # a new entry
+
+        second = second_relay(app, first_recovers)
+        # The second relay saw the old entry missing, but the row has moved on.
+        assert await second.recover_lost(when) == 0
+        assert await first.publish_pending() == 0
+        assert await app.state.redis.xlen(stream) == 1
+
+        workers = consumer(app, "c1"), consumer(app, "c2")
+        await workers[0].ensure_group()
+        await asyncio.gather(*(worker.process_once() for worker in workers))
+        assert [m["To"] for m in sink.messages] == ["racer@example.com"]
+
+    async def test_an_event_lost_while_another_relay_checked_goes_out_at_once(
+        self, make_app: AppFactory, sink: MailSink
+    ) -> None:
+        app = make_app(EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT)
+        first = app.state.events.relay
+        await make_user(app, "late")
+        assert await first.publish_pending() == 1
+        worker = consumer(app)
+        when = after_the_check(app)
+
+        async def lost_and_recovered() -> None:
+            # The second relay found the entry; then Redis lost it and the
+            # first relay made the event due again.
+            await app.state.redis.delete(worker.settings.stream)
+            assert await first.recover_lost(when) == 1
+
+        second = second_relay(app, lost_and_recovered)
+        assert await second.recover_lost(when) == 0
+        # Not postponed by the second relay's stale "still there".
+        assert await first.publish_pending() == 1
+        await worker.ensure_group()
+        assert await worker.process_once() == 1
+        assert [m["To"] for m in sink.messages] == ["late@example.com"]
+
+
+@pytest.fixture
+async def restricted_redis_url(prefix: str) -> AsyncIterator[Callable[[str], Any]]:
+    """URLs of Redis users denied a command (a managed Redis's ACL, say)."""
+    redis = Redis.from_url(str(TEST_REDIS_URL))
+    names: list[str] = []
+
+    async def denied(command: str) -> str:
+        name = f"test-{uuid.uuid4().hex[:10]}"  # no ":" (it would end the name)
+        names.append(name)
+        await redis.acl_setuser(
+            name,
+            enabled=True,
+            passwords=["+secret"],
+            keys=[f"{prefix}*"],
+            commands=["+@all", f"-{command}"],
+        )
+        return str(TEST_REDIS_URL).replace("redis://", f"redis://{name}:secret@", 1)
+
+    try:
+        yield denied
+    finally:
+        for name in names:
+            await redis.acl_deluser(name)
+        await redis.aclose()
+
+
+async def test_an_upkeep_redis_refuses_is_logged_once_a_minute(
+    make_app: AppFactory,
+    restricted_redis_url: Callable[[str], Any],
+    sink: MailSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(
+        REDIS_URL=await restricted_redis_url("xinfo"),
+        EVENT_HANDLER_TIMEOUT_SECONDS=MAIL_HANDLER_TIMEOUT,
+    )
+    relay = app.state.events.relay
+    worker = consumer(app)
+    await worker.ensure_group()
+    await make_user(app, "kept")
+    assert await relay.publish_pending() == 1
+    await app.state.redis.delete(worker.settings.stream)  # lost
+
+    # create_app set the root logger's handlers: listen on the relay's logger.
+    relay_logger = logging.getLogger("app.events")
+    relay_logger.addHandler(caplog.handler)
+    try:
+        await relay.upkeep()  # trimming needs XINFO: refused
+        await relay.upkeep()
+    finally:
+        relay_logger.removeHandler(caplog.handler)
+    failures = [r for r in caplog.records if r.getMessage() == "event_upkeep_failed"]
+    assert [(r.step, r.error) for r in failures] == [("trim", "NoPermissionError")]  # type: ignore[attr-defined]
+    assert "xinfo" in failures[0].detail.lower()  # type: ignore[attr-defined]
+
+    # What Redis allows still runs: the lost event goes out again.
+    assert await relay.recover_lost(after_the_check(app)) == 1
+    assert await relay.publish_pending() == 1
+    await worker.ensure_group()
+    assert await worker.process_once() == 1
+    assert [m["To"] for m in sink.messages] == ["kept@example.com"]
+
+
+async def test_an_event_redis_refuses_to_take_waits_without_using_attempts(
+    make_app: AppFactory, restricted_redis_url: Callable[[str], Any]
+) -> None:
+    # An XADD refused (here an ACL; a full Redis's OOM alike) is not the
+    # event's fault: it waits in the outbox, however long, never given up.
+    app = make_app(REDIS_URL=await restricted_redis_url("xadd"))
+    await make_user(app, "waiting")
+    for _ in range(3):  # more than EVENT_MAX_DELIVERIES
+        async with app.state.database.engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE outbox_events SET next_attempt_at = NULL")
+            )
+        assert await app.state.events.relay.publish_pending() == 0
+
+    [row] = await outbox_rows(app)
+    assert (row["attempts"], row["published_at"]) == (0, None)
+    assert "NoPermissionError" in row["last_error"]
 
 
 class TestTrim:
@@ -665,3 +866,24 @@ class TestTrim:
 
         stream = consumer(app).settings.stream
         assert await app.state.redis.xlen(stream) == 250
+
+    async def test_a_group_no_one_reads_cannot_grow_the_stream_past_the_cap(
+        self, make_app: AppFactory
+    ) -> None:
+        app = make_app(OUTBOX_BATCH_SIZE=500, EVENT_STREAM_MAX_LENGTH=100)
+        worker = consumer(app)
+        await worker.ensure_group()
+        stream = worker.settings.stream
+        # A group a retired service left behind: it pins trimming for good.
+        await app.state.redis.xgroup_create(stream, "retired", id="0")
+        await self.publish(app, 350)
+        for _ in range(350):
+            await worker.process_once()
+
+        await app.state.events.relay.upkeep()
+
+        # About the cap (whole 100-entry nodes go), not all 350; the newest stay.
+        left = await app.state.redis.xrange(stream)
+        assert 100 <= len(left) < 200
+        items = {int(fields["aggregate_id"]) for _, fields in left}
+        assert set(range(250, 350)) <= items
