@@ -90,9 +90,11 @@ def service(database: str, tmp_path: Path) -> Iterator[tuple[str, RedisProcess]]
         wait_until_up(base, process)
         yield base, redis
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        redis.stop()
+        try:
+            process.terminate()
+            process.wait(timeout=30)
+        finally:
+            redis.stop()  # even when the server would not stop
 
 
 def _session(base: str, username: str) -> dict[str, str]:
