@@ -5,14 +5,13 @@ append-only file, and the old access token tried on every worker afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,7 @@ import httpx
 import pytest
 
 from app.backends import FailFastRedis
-from app.database import upgrade_to_head
-from tests.conftest import (
-    TEST_DATABASE_URL,
-    _create_postgres_database,
-    _drop_postgres_database,
-)
+from tests.e2e import test_multiprocess
 from tests.e2e.test_server import free_port, wait_until_up
 from tests.helpers import REDIS_SERVER, RedisProcess
 
@@ -35,23 +29,8 @@ pytestmark = [
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed"),
 ]
 PASSWORD = "Revoke-Proc-Pass-1"
+database = test_multiprocess.database  # the same shared database as there
 CACHE_TTL = 15  # long enough that only a correct revocation explains a 401
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[str]:
-    """PostgreSQL when the suite has it, else SQLite (both workers share it)."""
-    if TEST_DATABASE_URL is None:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'revoke.db'}"
-        await asyncio.to_thread(upgrade_to_head, url)
-        yield url
-        return
-    name, url = await _create_postgres_database(TEST_DATABASE_URL)
-    try:
-        await asyncio.to_thread(upgrade_to_head, url)
-        yield url
-    finally:
-        await _drop_postgres_database(TEST_DATABASE_URL, name)
 
 
 @pytest.fixture
